@@ -1,0 +1,90 @@
+# hacnn_nbdev — every target sets itself up: a fresh clone needs nothing but python3 and make.
+#   make demo   the main job: synthetic world -> train HA-CNN on the CPU -> evaluate -> runs/demo/
+#   make test   export/clean checks, the notebooks' own tests (nbdev_test) and pytest
+#   make docs   the documentation site in docs/ (offline; see nbs/index.ipynb)
+#   make bench  benchmarks side by side with torchreid's HACNN (see benchmarks/README.md)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned to the CPU wheel that lies on these machines' disk: a bare `torch` pulls a CUDA build of GBs.
+TORCH ?= torch==2.13.0
+# one thread per worker: two test workers x default threads on 2 cores oversubscribe (../shared/toolchain.md)
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
+N_WORKERS ?= 2
+
+.PHONY: help venv dev test check-export check-clean nbtest pytest demo docs docs-test bench export clean-nbs lab
+
+help:
+	@sed -n '1,6p' Makefile
+
+$(BIN)/.installed-test: settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip setuptools wheel
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed-test
+
+$(BIN)/.installed-dev: $(BIN)/.installed-test
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+dev: $(BIN)/.installed-dev     ## + jupyterlab, for reading and editing the notebooks
+
+lab: dev
+	$(BIN)/jupyter lab nbs/
+
+export: venv
+	$(BIN)/nbdev_export
+
+clean-nbs: venv
+	$(BIN)/nbdev_clean
+
+# hacnn_nbdev/ must be exactly what nbdev_export makes of nbs/
+check-export: venv
+	@tmp=$$(mktemp -d) && cp -r hacnn_nbdev $$tmp/before && $(BIN)/nbdev_export && \
+	if ! diff -r -q -x __pycache__ $$tmp/before hacnn_nbdev; then \
+	  echo "FAIL: hacnn_nbdev/ was out of step with nbs/ (nbdev_export changed the files above); commit the exported files."; exit 1; \
+	else echo "ok: hacnn_nbdev/ matches nbs/"; fi
+
+# notebooks must be committed clean (nbdev_clean is a no-op)
+check-clean: venv
+	@tmp=$$(mktemp -d) && cp -r nbs $$tmp/before && $(BIN)/nbdev_clean && \
+	if ! diff -r -q -x .ipynb_checkpoints $$tmp/before nbs; then \
+	  echo "FAIL: notebooks were not clean (nbdev_clean changed the files above); commit them cleaned."; exit 1; \
+	else echo "ok: notebooks are clean"; fi
+
+nbtest: venv
+	$(TEST_ENV) $(BIN)/nbdev_test --n_workers $(N_WORKERS) --timing
+
+pytest: venv
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n $(N_WORKERS) tests
+
+test: check-export check-clean nbtest pytest
+
+# ---- the main job ---------------------------------------------------------
+DEMO_OUT ?= runs/demo
+SYNTH_ROOT ?= data/synthetic
+demo: venv
+	$(BIN)/python -m hacnn_nbdev.demo --root $(SYNTH_ROOT) --out $(DEMO_OUT)
+
+# ---- documentation --------------------------------------------------------
+$(BIN)/.installed-docs: $(BIN)/.installed-test
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(BIN)/.installed-docs
+	$(BIN)/python tools/build_docs.py
+
+docs-test: docs
+	$(BIN)/python tools/test_docs.py
+
+# ---- benchmarks -----------------------------------------------------------
+$(BIN)/.installed-bench: $(BIN)/.installed-test
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(BIN)/.installed-bench
+	$(BIN)/python benchmarks/run.py --out benchmarks/results

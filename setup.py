@@ -1,0 +1,53 @@
+"""nbdev 2 setup: everything is read from settings.ini (written by hand, as `nbdev_new` needs the network)."""
+from configparser import ConfigParser
+import setuptools, shlex
+from packaging.version import Version  # nbdev's template used pkg_resources, gone from current setuptools
+
+assert Version(setuptools.__version__) >= Version('36.2')
+
+config = ConfigParser(delimiters=['='])
+config.read('settings.ini', encoding='utf-8')
+cfg = config['DEFAULT']
+
+cfg_keys = 'version description keywords author author_email'.split()
+expected = cfg_keys + "lib_name user branch license status min_python audience language".split()
+for o in expected: assert o in cfg, "missing expected setting: {}".format(o)
+setup_cfg = {o: cfg[o] for o in cfg_keys}
+
+licenses = {
+    'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License'),
+    'mit': ('MIT License', 'OSI Approved :: MIT License'),
+}
+statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable',
+            '6 - Mature', '7 - Inactive']
+py_versions = '3.10 3.11 3.12 3.13'.split()
+
+requirements = shlex.split(cfg.get('requirements', ''))
+test_requirements = shlex.split(cfg.get('test_requirements', ''))
+dev_requirements = test_requirements + shlex.split(cfg.get('dev_requirements', ''))
+docs_requirements = shlex.split(cfg.get('docs_requirements', ''))
+bench_requirements = shlex.split(cfg.get('bench_requirements', ''))
+min_python = cfg['min_python']
+lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
+console_scripts = [s.strip() for s in cfg.get('console_scripts', '').split('\n') if s.strip()]
+
+setuptools.setup(
+    name=cfg['lib_name'],
+    license=lic[0],
+    classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
+                 'Intended Audience :: ' + cfg['audience'].title(),
+                 'Natural Language :: ' + cfg['language'].title()] +
+                ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]] +
+                (['License :: ' + lic[1]] if lic[1] else []),
+    url=cfg['git_url'],
+    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
+    include_package_data=True,
+    install_requires=requirements,
+    extras_require={'test': test_requirements, 'dev': dev_requirements, 'docs': docs_requirements, 'bench': bench_requirements},
+    dependency_links=cfg.get('dep_links', '').split(),
+    python_requires='>=' + cfg['min_python'],
+    long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else cfg['description'],
+    long_description_content_type='text/markdown',
+    zip_safe=False,
+    entry_points={'console_scripts': console_scripts, 'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d']},
+)
