@@ -68,7 +68,7 @@ test: check-export check-clean nbtest pytest
 DEMO_OUT ?= runs/demo
 SYNTH_ROOT ?= data/synthetic
 demo: venv
-	$(BIN)/python -m hacnn_nbdev.demo --root $(SYNTH_ROOT) --out $(DEMO_OUT)
+	$(BIN)/hacnn_demo --root $(SYNTH_ROOT) --out $(DEMO_OUT)
 
 # ---- documentation --------------------------------------------------------
 $(BIN)/.installed-docs: $(BIN)/.installed-test
