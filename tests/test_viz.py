@@ -1,0 +1,75 @@
+"Tests for hacnn_nbdev.viz: input handling, contract checks on the model's maps, figures, checkpoints."
+import numpy as np, pytest, torch, matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+import torch.nn.functional as F
+from torch import nn
+from PIL import Image
+from hacnn_nbdev import viz
+
+M, S = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+class StandIn(nn.Module):
+    "A contract-following stand-in for HACNN.attention_maps; `break_` makes it break one rule."
+    def __init__(self, break_=None): super().__init__(); self.c = nn.Conv2d(3, 4, 3, padding=1); self.break_ = break_
+    def attention_maps(self, x):
+        out = []
+        for s in (4, 8, 16):
+            f = F.avg_pool2d(self.c(x), s)
+            lv = dict(spatial=torch.sigmoid(f[:, :1]), soft=0.5 + 0.5 * torch.sigmoid(f),
+                      boxes=torch.tensor([[.1, k/4, .9, (k+1)/4] for k in range(4)]).expand(x.shape[0], 4, 4))
+            if self.break_ == 'range': lv['spatial'] = lv['spatial'] * 4 - 1  # reaches below 0
+            if self.break_ == 'key': del lv['boxes']
+            if self.break_ == 'shape': lv['spatial'] = lv['spatial'][:, 0]
+            out.append(lv)
+        return out
+
+@pytest.fixture(autouse=True)
+def _close_figs():
+    yield; plt.close('all')
+
+def test_inputs_of_every_kind_give_the_same_model_input(tmp_path):
+    arr = (np.random.RandomState(0).rand(100, 40, 3) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path/'a.jpg', quality=100); Image.fromarray(arr).save(tmp_path/'a.png')
+    x_arr, pic = viz.prepare_image(arr, 160, 64, M, S)
+    for src in (tmp_path/'a.png', str(tmp_path/'a.png'), Image.fromarray(arr), arr.astype(np.float32) / 255):
+        x, _ = viz.prepare_image(src, 160, 64, M, S)
+        assert x.shape == (1, 3, 160, 64) and torch.allclose(x, x_arr, atol=1e-2)
+    x, _ = viz.prepare_image(Image.fromarray(arr).convert('L'), 160, 64, M, S)   # grey pictures become RGB
+    assert x.shape == (1, 3, 160, 64)
+    x, _ = viz.prepare_image(Image.fromarray(arr).convert('RGBA'), 120, 40, M, S)  # alpha dropped, other sizes ok
+    assert x.shape == (1, 3, 120, 40)
+
+def test_bad_inputs_are_refused_with_a_message(tmp_path):
+    with pytest.raises(ValueError, match=r'\(3,H,W\) or \(1,3,H,W\)'): viz.prepare_image(torch.zeros(2, 3, 8, 4), mean=M, std=S)
+    with pytest.raises(ValueError, match='RGB'): viz.prepare_image(np.zeros((8, 4, 4), np.uint8), mean=M, std=S)
+    with pytest.raises(TypeError, match='cannot read'): viz.prepare_image(None, mean=M, std=S)
+    with pytest.raises(FileNotFoundError): viz.prepare_image(tmp_path/'missing.png', mean=M, std=S)
+    with pytest.raises(ValueError, match='at least one image'): viz.attention_grid(StandIn(), [], mean=M, std=S)
+    with pytest.raises(ValueError, match="'spatial' or 'soft'"): viz.attention_arrays(StandIn(), torch.zeros(1, 3, 32, 16), which='hard')
+
+@pytest.mark.parametrize('break_,err,msg', [('range', ValueError, r'in \[0,1\]'), ('key', KeyError, 'no .boxes.'), ('shape', ValueError, 'has shape')])
+def test_a_model_that_breaks_the_contract_fails_clearly(break_, err, msg):
+    with pytest.raises(err, match=msg): viz.attention_arrays(StandIn(break_), torch.randn(2, 3, 32, 16) * 5)
+
+def test_attention_arrays_keeps_the_training_mode():
+    m = StandIn().train()
+    lv = viz.attention_arrays(m, torch.randn(3, 3, 32, 16))
+    assert m.training and len(lv) == 3
+    assert lv[0]['spatial'].shape == (3, 8, 4) and lv[0]['boxes'].shape == (3, 4, 4)
+    soft = viz.attention_arrays(m, torch.randn(3, 3, 32, 16), which='soft')
+    assert all((l['spatial'] >= 0.5).all() and (l['spatial'] <= 1).all() for l in soft)
+
+def test_grid_layout_and_contents():
+    imgs = [(np.random.rand(160, 64, 3) * 255).astype(np.uint8) for _ in range(3)]
+    fig = viz.attention_grid(StandIn(), imgs, mean=M, std=S, per_row=2)
+    axes = np.array(fig.axes).reshape(2, 14)
+    assert sum(len(a.patches) for a in axes.flat) == 3 * 3 * 4     # 3 images × 3 levels × 4 regions
+    assert all(len(a.images) == 0 for a in axes[1, 7:])              # the unused slot stays empty
+    fig = viz.plot_attention(StandIn(), torch.randn(3, 160, 64), mean=M, std=S, stretch=False)
+    assert len(fig.axes) == 7 and fig.axes[2].get_title() == 'SA 1'
+
+def test_boxes_outside_the_image_are_clipped_not_refused():
+    fig, ax = plt.subplots(); ax.imshow(np.zeros((16, 8, 3)))
+    ps = viz.draw_regions(ax, [[-0.5, -0.2, 0.5, 0.3], [0.6, 0.9, 1.4, 1.3]], 16, 8)
+    assert len(ps) == 2 and all(p.get_clip_on() for p in ps)
