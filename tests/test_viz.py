@@ -73,3 +73,30 @@ def test_boxes_outside_the_image_are_clipped_not_refused():
     fig, ax = plt.subplots(); ax.imshow(np.zeros((16, 8, 3)))
     ps = viz.draw_regions(ax, [[-0.5, -0.2, 0.5, 0.3], [0.6, 0.9, 1.4, 1.3]], 16, 8)
     assert len(ps) == 2 and all(p.get_clip_on() for p in ps)
+
+def _small_hacnn(**kw):
+    from hacnn_nbdev.model import HACNN
+    torch.manual_seed(0)
+    return HACNN(num_classes=5, widths=(8, 16, 24), feat_dim=16, **kw)
+
+def test_real_model_untrained_and_ablated():
+    for kw in ({}, dict(spatial_attention=False, channel_attention=False, hard_attention=False)):
+        m = _small_hacnn(**kw)
+        lv = viz.attention_arrays(m, torch.randn(2, 3, 96, 32))
+        assert [l['spatial'].shape for l in lv] == [(2, 24, 8), (2, 12, 4), (2, 6, 2)]
+        assert all(l['boxes'].shape == (2, 4, 4) for l in lv)
+        fig = viz.plot_attention(m, np.zeros((96, 32, 3), np.uint8), height=96, width=32)
+        assert len(fig.axes) == 7
+
+def test_load_for_viz_reads_the_checkpoint_settings(tmp_path):
+    from hacnn_nbdev.core import save_checkpoint, CheckpointError
+    m = _small_hacnn()
+    ck = dict(format='hacnn_nbdev.checkpoint/1', model=m.state_dict(), model_kwargs=m.model_kwargs, epoch=1,
+              data=dict(height=96, width=32, mean=[.5, .5, .5], std=[.2, .2, .2]))
+    model, kw = viz.load_for_viz(save_checkpoint(ck, tmp_path/'a.pt'))
+    assert kw == dict(height=96, width=32, mean=[.5, .5, .5], std=[.2, .2, .2]) and not model.training
+    x = torch.randn(1, 3, 96, 32)
+    m.eval(); assert torch.allclose(model(x), m(x), atol=1e-6)          # the same weights
+    del ck['data']; _, kw = viz.load_for_viz(ck)                        # no 'data': library defaults
+    assert kw == {}
+    with pytest.raises(CheckpointError, match='does not exist'): viz.load_for_viz(tmp_path/'missing.pt')
