@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
 N_WORKERS ?= 2
 
-.PHONY: help venv dev test check-export check-clean nbtest pytest demo docs docs-test bench export clean-nbs lab
+.PHONY: help venv dev test check-export check-clean check-readme readme nbtest pytest demo docs docs-test chromium bench export clean-nbs lab
 
 help:
 	@sed -n '1,6p' Makefile
@@ -62,7 +62,14 @@ nbtest: venv
 pytest: venv
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n $(N_WORKERS) tests
 
-test: check-export check-clean nbtest pytest
+# README.md is made from nbs/index.ipynb (tools/make_readme.py: standard library only, no venv, < 1 s)
+readme:
+	$(PYTHON) tools/make_readme.py
+
+check-readme:
+	@$(PYTHON) tools/make_readme.py --check
+
+test: check-readme check-export check-clean nbtest pytest
 
 # ---- the main job ---------------------------------------------------------
 DEMO_OUT ?= runs/demo
@@ -75,10 +82,19 @@ $(BIN)/.installed-docs: $(BIN)/.installed-test
 	$(BIN)/python -m pip install -q -e '.[docs]'
 	touch $@
 
+# docs/ from nbs/ without Quarto: nbdev's processing -> MkDocs Material + mkdocs-jupyter (also refreshes README.md)
 docs: $(BIN)/.installed-docs
-	$(BIN)/python tools/build_docs.py
+	$(TEST_ENV) $(BIN)/python tools/build_docs.py
 
-docs-test: docs
+# headless Chromium for docs-test: Debian's chromium + chromium-driver, installed here when missing (as root)
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "docs-test needs Chromium: sudo apt-get install chromium chromium-driver"; exit 1; fi
+
+# every page in headless Chromium over http://127.0.0.1: no console errors, no request to another host,
+# no broken link/image/#anchor, math typeset, search answers; screenshot in _proc/docs-test/home.png
+docs-test: docs chromium
 	$(BIN)/python tools/test_docs.py
 
 # ---- benchmarks -----------------------------------------------------------
