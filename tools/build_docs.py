@@ -30,6 +30,19 @@ ROOT = TOOLS.parent
 MATHJAX_CONFIG = 'TeX-AMS-MML_HTMLorMML-full,Safe,hacnn'  # `hacnn` = config/hacnn.js written below
 
 # ---------------------------------------------------------------- step 1: nbdev processing
+def _mixed_hint(msg: str) -> str:
+    "A hint when the cell nbdev could not run mixes imports with other code (nbdev runs all of such a cell)."
+    import ast
+    src = msg.split(':\n', 1)[-1]
+    try: body = ast.parse(src).body
+    except SyntaxError: return ''
+    has = lambda *t: any(isinstance(n, t) for b in body for n in ast.walk(b))  # nbdev's own test (_do_eval)
+    if has(ast.Import, ast.ImportFrom) and has(ast.Expr, ast.Assign, ast.If, ast.With, ast.For):
+        return ('\n  hint: this cell mixes imports with other code: nbdev\'s docs processing runs every cell that '
+                'imports (and every export/show_doc cell) but no other cell, so the rest fails. Put the imports '
+                'in a cell of their own (same rule breaks `nbdev_docs` where Quarto exists).')
+    return ''
+
 def nbdev_process(nbs: list[Path], proc: Path, workers: int, keep_going: bool) -> dict[Path, Path]:
     "Process `nbs` into `proc` in parallel; return {source notebook: processed notebook}."
     proc.mkdir(parents=True)
@@ -53,7 +66,7 @@ def nbdev_process(nbs: list[Path], proc: Path, workers: int, keep_going: bool) -
             try: f.result(); done[nb] = dst
             except Exception as e:  # name the notebook and the cell nbdev could not run
                 errs = re.findall(r'^(\w+(?:Error|Exception|Interrupt|Exit): .*)$', str(e.__cause__ or ''), re.M)
-                failed[nb] = f'{e}'.rstrip() + (f'\n  -> {errs[0]}' if errs else '')
+                failed[nb] = f'{e}'.rstrip() + (f'\n  -> {errs[0]}' if errs else '') + _mixed_hint(str(e))
     for nb, why in failed.items():
         print(f'ERROR: nbdev could not process {nb.relative_to(ROOT)}:\n  {why}', file=sys.stderr)
     if failed and not keep_going:
