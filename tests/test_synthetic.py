@@ -1,0 +1,151 @@
+"""hacnn_nbdev.synthetic: the world's protocol, determinism, knobs, safety of the output folder, and the hacnn_synth CLI."""
+import csv, hashlib, json, re, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hacnn_nbdev.data import Market1501, SyntheticWorld
+from hacnn_nbdev.synthetic import (SIBLING_DETAILS, colour_histograms, histogram_distances, make_sibling, make_world,
+                                   plan_world, render_image, sample_identity)
+
+SMALL = dict(n_ids=12, imgs_per_id=(4, 7), n_distractors=5)
+NAME = re.compile(r'^(\d{4})_c(\d)s1_(\d{6})_(\d{2})\.jpg$')
+
+
+def digest(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(root).rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp('w')/'synthetic'
+    return root, make_world(root, seed=3, **SMALL)
+
+
+def test_market_layout_and_protocol(world):
+    root, summary = world
+    ds = Market1501(root)
+    assert ds.num_train_pids == 6 and len({r[1] for r in ds.query}) == 6
+    assert summary['counts'] == {'train': len(ds.train), 'query': len(ds.query), 'gallery': len(ds.gallery)}
+    for sub in ('bounding_box_train', 'query', 'bounding_box_test'):
+        for p in (root/sub).iterdir():
+            m = NAME.match(p.name); assert m, p.name
+            assert int(m.group(1)) >= 0 and 1 <= int(m.group(2)) <= 6        # no junk (-1) files at all
+            assert Image.open(p).size == (64, 128)
+    assert sum(r[1] == 0 for r in ds.gallery) == 5 and all(r[1] > 0 for r in ds.query)
+    assert not any(p.name.startswith('0000_') for p in (root/'bounding_box_train').iterdir())
+    keys = [(r[1], r[2]) for r in ds.query]
+    assert len(keys) == len(set(keys))                                          # one query per person and camera
+    for pid, cam in keys:                                                       # a true match under another camera
+        assert any(g[1] == pid and g[2] != cam for g in ds.gallery)
+    train_ids = {int(Path(r[0]).name[:4]) for r in ds.train}
+    assert train_ids.isdisjoint({r[1] for r in ds.query})                      # train and test people are disjoint
+    assert [r[1:] for r in SyntheticWorld(root).gallery] == [r[1:] for r in ds.gallery]
+
+
+def test_metadata(world):
+    root, summary = world
+    meta = json.loads((root/'world.json').read_text())
+    assert meta['params']['seed'] == 3 and meta['format'] == 'hacnn_nbdev.synthetic/1'
+    rows = list(csv.DictReader((root/'images.csv').open()))
+    assert len(rows) == sum(summary['counts'].values())
+    assert {r['view'] for r in rows} <= {'front', 'back', 'left', 'right'}
+    sibs = [r for r in rows if r['sibling_of']]
+    assert all(r['differs_in'] in SIBLING_DETAILS for r in sibs)
+    for r in rows:
+        sub = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}[r['split']]
+        assert (root/sub/r['name']).is_file()
+
+
+def test_same_seed_byte_identical_any_workers(world, tmp_path):
+    root, _ = world
+    make_world(tmp_path/'again', seed=3, workers=2, **SMALL)
+    assert digest(root) == digest(tmp_path/'again')
+    make_world(tmp_path/'other', seed=4, **SMALL)
+    assert digest(root) != digest(tmp_path/'other')
+
+
+def test_reuse_overwrite_and_interrupted(world, tmp_path):
+    root, _ = world
+    assert make_world(root, seed=3, **SMALL)['reused'] is True
+    w = tmp_path/'w'
+    make_world(w, seed=0, n_ids=4, imgs_per_id=(4, 4), n_distractors=1)
+    (w/'world.json').unlink()                                                   # as if interrupted before the end
+    extra = w/'query'/'0099_c1s1_000001_00.jpg'; extra.write_bytes(b'stale')
+    s = make_world(w, seed=0, n_ids=4, imgs_per_id=(4, 4), n_distractors=1)
+    assert s['reused'] is False and not extra.exists() and (w/'world.json').is_file()
+    assert make_world(w, seed=0, n_ids=4, imgs_per_id=(4, 4), n_distractors=1, overwrite=True)['reused'] is False
+    assert make_world(w, seed=0, n_ids=4, imgs_per_id=(4, 4), n_distractors=2)['reused'] is False  # other options: remade
+
+
+def test_refuses_a_folder_it_did_not_write(tmp_path):
+    real = tmp_path/'market1501'/'bounding_box_train'; real.mkdir(parents=True)
+    f = real/'0002_c1s1_000451_03.jpg'; f.write_bytes(b'a real image')
+    with pytest.raises(FileExistsError, match='did not write'): make_world(tmp_path/'market1501', n_ids=4)
+    assert f.read_bytes() == b'a real image'
+
+
+@pytest.mark.parametrize('kw, msg', [(dict(n_ids=1), 'n_ids'), (dict(imgs_per_id=(3, 5)), 'imgs_per_id'),
+                                     (dict(imgs_per_id=(6, 5)), 'imgs_per_id'), (dict(n_cameras=1), 'n_cameras')])
+def test_bad_options(tmp_path, kw, msg):
+    with pytest.raises(ValueError, match=msg): make_world(tmp_path/'w', **kw)
+
+
+def test_jitter_changes_only_the_boxes(tmp_path):
+    w = plan_world(seed=1, n_ids=20, imgs_per_id=(4, 6))
+    assert w == plan_world(seed=1, n_ids=20, imgs_per_id=(4, 6), jitter=2.0)   # the plan does not depend on jitter
+    a, b = (make_world(tmp_path/f'j{j}', seed=1, n_ids=20, imgs_per_id=(4, 6), jitter=j) for j in (0.0, 2.0))
+    ra, rb = (list(csv.DictReader((tmp_path/f'j{j}'/'images.csv').open())) for j in (0.0, 2.0))
+    key = lambda r: (r['name'], r['split'], r['pid'], r['camid'], r['view'], r['occlusion'])
+    assert [key(r) for r in ra] == [key(r) for r in rb]
+    assert {r['truncation'] for r in ra} == {'none'} and len({r['truncation'] for r in rb}) > 1
+    i = next(k for k, im in enumerate(w['images']) if im['split'] == 'train')
+    assert not np.array_equal(render_image(w, i, jitter=0), render_image(w, i, jitter=2))
+
+
+def test_image_size_and_cameras(tmp_path):
+    make_world(tmp_path/'w', n_ids=4, imgs_per_id=(4, 4), n_cameras=3, height=96, width=48, n_distractors=0)
+    ds = Market1501(tmp_path/'w')
+    assert Image.open(ds.train[0][0]).size == (48, 96)
+    assert {r[2] for r in ds.train + ds.query + ds.gallery} <= {0, 1, 2} and not any(r[1] == 0 for r in ds.gallery)
+
+
+def test_siblings_differ_in_one_local_detail():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        a = sample_identity(rng); b, detail = make_sibling(a, rng)
+        diff = {k for k in a if a[k] != b[k]}
+        assert len(diff) == 1 and diff <= {'logo', 'logo_col', 'bag', 'bag_col', 'shoes', 'hair'}
+    w = plan_world(seed=0, n_ids=60, sibling_frac=0.5)
+    assert len(w['siblings']) > 10
+    for pid, (base, _) in w['siblings'].items():
+        assert (pid <= 30) == (base <= 30)                                       # a sibling stays in its split
+
+
+def test_histogram_baseline(world):
+    root, _ = world
+    ds = Market1501(root)
+    f = colour_histograms([r[0] for r in ds.query[:3]])
+    assert f.shape == (3, 8 * 8 * 4 * 4) and np.allclose((f.reshape(3, 8, -1) ** 2).sum(-1), 1, atol=1e-5)
+    d = histogram_distances(ds.query, ds.query)
+    assert np.allclose(np.diag(d), 0, atol=1e-3) and (d >= 0).all()
+    c = colour_histograms([r[0] for r in ds.query[:1]], centre=.5)
+    assert c.shape == (1, 1024) and not np.allclose(c, f[:1])                  # same bins, fewer columns
+
+
+def test_cli(tmp_path):
+    exe = Path(sys.executable).parent/'hacnn_synth'
+    cmd = [str(exe)] if exe.exists() else [sys.executable, '-c', 'from hacnn_nbdev.synthetic import synth_cli; synth_cli()']
+    args = ['--root', str(tmp_path/'cli'), '--seed', '2', '--n_ids', '6', '--imgs_min', '4', '--imgs_max', '5', '--n_distractors', '2', '--workers', '1']
+    r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert 'wrote' in r.stdout and 'Synthetic world' in r.stdout and 'train' in r.stdout
+    assert len(SyntheticWorld(tmp_path/'cli').train) > 0
+    r2 = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 0 and 'reused' in r2.stdout
+    r3 = subprocess.run(cmd + args + ['--overwrite'], capture_output=True, text=True, timeout=120)
+    assert r3.returncode == 0 and 'wrote' in r3.stdout
+    r4 = subprocess.run(cmd + ['--root', str(tmp_path/'bad'), '--n_ids', '1'], capture_output=True, text=True, timeout=120)
+    assert r4.returncode != 0 and 'n_ids' in r4.stderr
