@@ -245,3 +245,21 @@ def test_model_complexity_paper_configuration():
     assert cx.params_no_cls == 2_923_458
     assert abs(cx.flops - 1.09e9) / 1.09e9 < 0.005
     assert (cx.depth_global, cx.depth_local) == (30, 31)
+
+
+# ---- export -----------------------------------------------------------------------------------------
+
+def test_onnx_export_with_dynamic_batch(tmp_path):
+    "affine_grid needs ONNX opset >= 20; every other op of the model exports (deploy relies on this)."
+    ort = pytest.importorskip('onnxruntime')
+    import warnings
+    m = HACNN(5, **TINY).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(m, (images(1),), tmp_path / 'm.onnx', dynamo=False, opset_version=20,
+                          input_names=['x'], dynamic_axes={'x': {0: 'n'}})
+    sess = ort.InferenceSession(str(tmp_path / 'm.onnx'))
+    x = images(3)
+    with torch.no_grad(): ref = m(x).numpy()
+    out = sess.run(None, {'x': x.numpy()})[0]
+    assert out.shape == (3, 1024) and abs(out - ref).max() < 1e-4
