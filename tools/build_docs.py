@@ -221,6 +221,8 @@ def translate_nb(nb: dict, link: Linker) -> tuple[dict, dict]:
         if not echo: tags.append('hide-input')
         cell['metadata'] = {'tags': tags} if tags else {}
         cells.append(cell)
+    for i, c in enumerate(cells):  # ids from content and place (nbdev gives its show_doc cells random ids)
+        c['id'] = hashlib.sha256(f'{i}:{c["source"]}'.encode()).hexdigest()[:8]
     nb['cells'] = cells
     return nb, fm
 
@@ -345,7 +347,7 @@ def main():
     conf = mkdocs_config(cfg, nav, stage, site)
     (build / 'mkdocs.yml').write_text(yaml.safe_dump(conf, sort_keys=False, allow_unicode=True))
     env = dict(os.environ, SOURCE_DATE_EPOCH=_source_date_epoch(), NO_MKDOCS_2_WARNING='1')
-    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '-q', '-f', str(build / 'mkdocs.yml')], env=env)
+    r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '-q', '--strict', '-f', str(build / 'mkdocs.yml')], env=env)
     if r.returncode: sys.exit(f'mkdocs build failed ({r.returncode})')
     finish_html(site)
     vendor_mathjax(site / 'assets' / 'mathjax')
