@@ -31,6 +31,10 @@ def test_links_and_attributes():
     assert bd.translate_md('![a](f.png){width=50%}', link) == '<img src="f.png" alt="a" style="width:50%">'
     assert bd.translate_md('## Title {#sec-t .unnumbered}', link) == '<div id="sec-t"></div>\n\n## Title'
 
+def test_no_links_inside_signatures():
+    s = bd.unlink_code('[`g`](x.html#g)\n```python\ndef f(\n    p, # made by [`g`](x.html#g)\n):\n```')
+    assert s == '[`g`](x.html#g)\n```python\ndef f(\n    p, # made by `g`\n):\n```'
+
 def test_callout_becomes_admonition():
     s = bd.translate_md('::: {.callout-note}\n## Departure\nWe use **Adam**.\n:::\n', link)
     assert s.startswith('<div class="admonition note">\n<p class="admonition-title">Departure</p>\n\nWe use **Adam**.\n\n</div>')

@@ -159,6 +159,10 @@ def showdoc_anchors(md: str) -> str:
         return f'<div id="{nbdev_id}" class="nbdev-anchor"></div>\n\n{m.group(0)}'
     return re.sub(r'^(#{2,5})\s+(\S+)\s*$', add, md, flags=re.M)
 
+def unlink_code(md: str) -> str:
+    "nbdev links names in docments comments even inside the signature's code block: keep the name, drop the link there."
+    return re.sub(r'^```.*?^```', lambda m: re.sub(r'\[([^\]\n]+)\]\([^)\s]+\)', r'\1', m.group(0)), md, flags=re.M | re.S)
+
 def _text(out: dict, mime: str) -> str | None:
     v = out.get('data', {}).get(mime) if 'data' in out else None
     if v is None and mime == 'text/plain' and out.get('output_type') == 'stream': v = out.get('text')
@@ -203,7 +207,7 @@ def translate_nb(nb: dict, link: Linker) -> tuple[dict, dict]:
         if _false(opts.get('output', True)): outs = cell['outputs'] = []
         if opts.get('output') == 'asis':  # show_doc and friends: the output *is* the document
             md = '\n\n'.join(x for o in outs for x in [_text(o, 'text/markdown') or _text(o, 'text/plain')] if x)
-            if md.strip(): cells.append(md_cell(showdoc_anchors(translate_md(md, link))))
+            if md.strip(): cells.append(md_cell(showdoc_anchors(translate_md(unlink_code(md), link))))
             continue
         fold = opts.get('code-fold')
         if fold and src:  # `#| exports`: the exported source, in an open (or closed) box
