@@ -101,7 +101,7 @@ chromium:
 	else echo "docs-test needs Chromium: sudo apt-get install chromium chromium-driver"; exit 1; fi
 
 # every page in headless Chromium over http://127.0.0.1: no console errors, no request to another host,
-# no broken link/image/#anchor, math typeset, search answers; screenshot in _proc/docs-test/home.png
+# no broken link/image/#anchor, math typeset, search answers; screenshot in /tmp/hacnn_nbdev-docs-test/home.png
 docs-test: docs chromium
 	$(BIN)/python tools/test_docs.py
 

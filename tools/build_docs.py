@@ -8,7 +8,8 @@ Route (see nbs/index.ipynb, "The documentation site"):
    does per notebook (nbdev.serve_drv with nbdev.processors.FilterDefaults) minus its Quarto install,
    `_quarto.yml` and sidebar: front matter from the title cell, import/export/show_doc cells executed
    so the API is rendered with signatures, docments and source links, backticked names linked.
-   Output: _proc/<notebook>.ipynb.
+   Output: <build>/nbs/<notebook>.ipynb, in a temporary build folder outside the repository (not
+   nbdev's _proc/, which nbdev_docs and Quarto own where they exist); --keep-build DIR keeps it.
 2. Quarto-only bits are translated for MkDocs (`translate_nb`): the front-matter cell becomes the page
    title and summary, `output: asis` cells (show_doc) become markdown, `#| exports` source becomes an
    open "Exported source" block, `#|` options are applied and dropped, callouts become admonitions,
@@ -20,7 +21,7 @@ The README is refreshed from index.ipynb on the way (tools/make_readme.py).
 """
 from __future__ import annotations
 import argparse, concurrent.futures as cf, copy, hashlib, html, json, multiprocessing as mp, os, re, shutil
-import subprocess, sys, time
+import subprocess, sys, tempfile, time
 from pathlib import Path
 
 import yaml
@@ -313,17 +314,24 @@ def main():
     ap.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument('--keep-going', action='store_true', help='build the pages of the notebooks that work')
     ap.add_argument('--no-readme', action='store_true', help='do not refresh README.md')
+    ap.add_argument('--keep-build', default=None, help='build in this folder and keep it (processed notebooks, mkdocs.yml, site)')
     a = ap.parse_args()
     t0 = time.time()
     os.chdir(ROOT)
     from nbdev.config import get_config
-    from nbdev.doclinks import nbglob
     cfg = get_config()
     NBS = Path(cfg.nbs_path)
     out = Path(a.out) if a.out else Path(cfg.doc_path)
-    build = ROOT / '_proc'  # nbdev's own build folder (git-ignored): made anew each time
-    shutil.rmtree(build, ignore_errors=True)
+    if a.keep_build:
+        build = Path(a.keep_build).resolve(); shutil.rmtree(build, ignore_errors=True); build.mkdir(parents=True)
+    else: build = Path(tempfile.mkdtemp(prefix='hacnn_nbdev-docs-'))
+    try: build_site(a, cfg, build, out, t0)
+    finally:
+        if not a.keep_build: shutil.rmtree(build, ignore_errors=True)
 
+def build_site(a, cfg, build: Path, out: Path, t0: float):
+    "Steps 1-4 in `build`; then `out` is replaced by the site and README.md refreshed."
+    from nbdev.doclinks import nbglob
     nbs = sorted(nbglob(NBS, func=Path), key=lambda p: (p.relative_to(NBS) != Path('index.ipynb'), str(p.relative_to(NBS))))
     done = nbdev_process(nbs, build / 'nbs', a.workers, a.keep_going)
     t1 = time.time()

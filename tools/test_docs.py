@@ -7,7 +7,8 @@ docs/ is served over http on 127.0.0.1 (Material's search needs http, not file:/
 loaded; the test fails on: a console error, a request to any host but 127.0.0.1, a failed request or
 HTTP error, an image that did not load, an internal href/src whose target file is missing or whose
 #fragment names no element on the target page, math left untypeset or a MathJax error; then
-Material's search box is typed into and must list results. A screenshot of the home page is saved.
+Material's search box is typed into and must list results. A screenshot of the home page is saved
+(default: $TMPDIR/hacnn_nbdev-docs-test/home.png).
 """
 from __future__ import annotations
 import argparse, functools, http.server, json, re, shutil, socketserver, sys, tempfile, threading, time
@@ -179,7 +180,7 @@ class Checker:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--site', default=str(ROOT / 'docs'))
-    ap.add_argument('--screenshot', default=str(ROOT / '_proc' / 'docs-test' / 'home.png'))
+    ap.add_argument('--screenshot', default=str(Path(tempfile.gettempdir()) / 'hacnn_nbdev-docs-test' / 'home.png'))
     a = ap.parse_args()
     site = Path(a.site)
     pages = sorted(p.relative_to(site).as_posix() for p in site.rglob('*.html') if 'assets' not in p.parts)
