@@ -156,6 +156,18 @@ class Checker:
         self.network(rel); self.console(rel)
         return nint
 
+    def nav_complete(self):
+        "The site has a page for every notebook in nbs/ (a --keep-going build that skipped some fails here)."
+        import configparser
+        cp = configparser.ConfigParser(delimiters=['=']); cp.read(ROOT / 'settings.ini')
+        nbs = ROOT / cp['DEFAULT'].get('nbs_path', 'nbs')
+        want = [p for p in nbs.rglob('*.ipynb') if not any(q.startswith(('_', '.')) for q in p.relative_to(nbs).parts)]
+        self.drv.get(self.base + 'index.html')
+        nav = self.drv.execute_script("""return Array.from(document.querySelectorAll('.md-nav--primary a.md-nav__link[href]'))
+            .map(a => a.getAttribute('href')).filter(h => h.endsWith('.html'));""")
+        self.ok(len(set(nav)) == len(want), f'the nav lists {len(set(nav))} pages but nbs/ has {len(want)} notebooks')
+        print(f'  nav: {len(set(nav))} pages for {len(want)} notebooks')
+
     def search(self, query: str, expect: str):
         "Type into Material's search box; results must appear and include `expect`."
         from selenium.webdriver.common.by import By
@@ -197,6 +209,7 @@ def main():
         for rel in ['index.html'] + [p for p in pages if p != 'index.html']:
             n = c.page(rel)
             print(f'  loaded {rel}: {n} internal links/resources checked')
+        c.nav_complete()
         for q, expect in SEARCHES: c.search(q, expect)
         drv.get(base + 'index.html'); time.sleep(0.5)
         shot = Path(a.screenshot); shot.parent.mkdir(parents=True, exist_ok=True)
