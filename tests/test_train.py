@@ -192,6 +192,8 @@ def test_cli_help():
     assert r.returncode == 0
     for opt in ('--root', '--out', '--epochs', '--seed', '--resume', '--widths', '--no-hard_attention', '--eval_every', '--amp', 'Sec. 4'):
         assert opt in r.stdout, opt
+    r = subprocess.run([str(BIN / 'hacnn_demo'), '--help'], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0 and '--threads' in r.stdout and '--root' in r.stdout
 
 
 def test_identity_sampler_and_eval_via_cli(world, tmp_path):
