@@ -12,7 +12,7 @@ from fastcore.script import call_parse, store_true
 from .data import SyntheticWorld, stats_table
 
 # %% auto #0
-__all__ = ['PALETTE', 'SKIN', 'HAIR', 'SIBLING_DETAILS', 'VIEWS', 'SPLIT_DIRS', 'sample_identity', 'make_sibling',
+__all__ = ['PALETTE', 'SKIN', 'HAIR', 'SIBLING_DETAILS', 'VIEWS', 'SPLIT_DIRS', 'GENERATOR', 'sample_identity', 'make_sibling',
            'sample_camera', 'sample_detection', 'render', 'plan_world', 'render_image', 'detection', 'make_world',
            'colour_histograms', 'histogram_distances', 'synth_cli']
 
@@ -307,6 +307,7 @@ def _distractors(seed, n_ids, n, cams, frame) -> list[dict]:
 
 # %% ../nbs/07_synthetic.ipynb #d1dc7229
 SPLIT_DIRS = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
+GENERATOR = 'hacnn_nbdev.synthetic/2'  # bumped whenever the same options would draw different pixels
 
 def render_image(world:dict, # from `plan_world`
                  i:int, # index into world['images']
@@ -374,7 +375,7 @@ def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 lay
     root, t0 = Path(root), time.time()
     if (root/'world.json').is_file() and not overwrite:
         old = json.loads((root/'world.json').read_text())
-        if old.get('params') == params: return {**old, 'seconds': 0.0, 'reused': True}
+        if old.get('params') == params and old.get('format') == GENERATOR: return {**old, 'seconds': 0.0, 'reused': True}
     _prepare_root(root)
     world = plan_world(seed, n_ids, tuple(imgs_per_id), n_cameras, jitter, occlusion, sibling_frac, n_distractors, noise, blur, cast)
     kw = dict(jitter=jitter, occlusion=occlusion, clutter=clutter, height=height, width=width)
@@ -392,7 +393,7 @@ def _write_meta(root, world, params, jitter, occlusion) -> dict:
         rows.append(f"{im['name']},{im['split']},{im['pid']},{im['cam']},{VIEWS[im['view']]},{d['trunc']},{d['occ']},{sib[0]},{sib[1]}")
     (root/'images.csv').write_text('\n'.join(rows) + '\n')
     counts = {s: sum(im['split'] == s for im in world['images']) for s in SPLIT_DIRS}
-    summary = dict(format='hacnn_nbdev.synthetic/1', params=params, counts=counts, n_siblings=len(world['siblings']),
+    summary = dict(format=GENERATOR, params=params, counts=counts, n_siblings=len(world['siblings']),
                    cameras=world['cameras'])
     (root/'world.json').write_text(json.dumps(summary, indent=1))
     return summary

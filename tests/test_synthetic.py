@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from hacnn_nbdev.data import Market1501, SyntheticWorld
-from hacnn_nbdev.synthetic import (SIBLING_DETAILS, colour_histograms, histogram_distances, make_sibling, make_world,
+from hacnn_nbdev.synthetic import (GENERATOR, SIBLING_DETAILS, colour_histograms, histogram_distances, make_sibling, make_world,
                                    plan_world, render_image, sample_identity)
 
 SMALL = dict(n_ids=12, imgs_per_id=(4, 7), n_distractors=5)
@@ -48,7 +48,7 @@ def test_market_layout_and_protocol(world):
 def test_metadata(world):
     root, summary = world
     meta = json.loads((root/'world.json').read_text())
-    assert meta['params']['seed'] == 3 and meta['format'] == 'hacnn_nbdev.synthetic/1'
+    assert meta['params']['seed'] == 3 and meta['format'] == GENERATOR
     rows = list(csv.DictReader((root/'images.csv').open()))
     assert len(rows) == sum(summary['counts'].values())
     assert {r['view'] for r in rows} <= {'front', 'back', 'left', 'right'}
@@ -78,6 +78,9 @@ def test_reuse_overwrite_and_interrupted(world, tmp_path):
     assert s['reused'] is False and not extra.exists() and (w/'world.json').is_file()
     assert make_world(w, seed=0, n_ids=4, imgs_per_id=(4, 4), n_distractors=1, overwrite=True)['reused'] is False
     assert make_world(w, seed=0, n_ids=4, imgs_per_id=(4, 4), n_distractors=2)['reused'] is False  # other options: remade
+    meta = json.loads((w/'world.json').read_text()); meta['format'] = 'hacnn_nbdev.synthetic/0'
+    (w/'world.json').write_text(json.dumps(meta))                               # written by an older generator: remade
+    assert make_world(w, seed=0, n_ids=4, imgs_per_id=(4, 4), n_distractors=2)['reused'] is False
 
 
 def test_refuses_a_folder_it_did_not_write(tmp_path):
