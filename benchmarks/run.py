@@ -1,0 +1,298 @@
+#!/usr/bin/env python
+"""Speed of hacnn_nbdev side by side with torchreid's HACNN port (the peer), in one run: `make bench`.
+
+    .venv/bin/python benchmarks/run.py --out benchmarks/results [--threads 2] [--quick]
+
+Measured, with the thread count fixed (`--threads`, default: all cores) and stated in the output:
+  eval b32 / eval b1    eval-mode feature extraction, images/s: peer eager vs ours eager, ours
+                        `optimize_for_inference` and ours ONNX (onnxruntime)
+  train b32             one optimiser step (forward, CE on both heads, backward, Adam), images/s
+  folder -> features    JPEG folder -> DataLoader (decode, resize, normalise) -> features, images/s
+  evaluator             Market-1501-sized case (3,368 × 15,913, 1,024-d): distances + CMC/mAP, queries/s
+  data loading          decode + resize + normalise with 0/1/2 DataLoader workers, images/s
+  matmul limit          best fp32 GFLOP/s of a 2048² matrix product: the machine's practical ceiling
+Candidates run interleaved (round after round, rotating order) so that machine load hits them alike;
+the ratio ours/peer is the median of per-round ratios. Wall-clock numbers are the result; CPU-time
+ratios are recorded beside them as a check that is less sensitive to other processes.
+Writes <out>/bench.json and <out>/bench.png, and prints the table.
+"""
+import argparse, os, sys, time
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument('--out', default='benchmarks/results', help='folder for bench.json and bench.png')
+ap.add_argument('--threads', type=int, default=os.cpu_count(), help='torch/onnxruntime intra-op threads')
+ap.add_argument('--rounds', type=int, default=5, help='interleaved rounds per comparison')
+ap.add_argument('--min-time', type=float, default=1.0, help='seconds per candidate per round (eval)')
+ap.add_argument('--images', type=int, default=384, help='JPEGs in the synthetic folder')
+ap.add_argument('--quick', action='store_true', help='a fast smoke run (few rounds, small folder): numbers are rough')
+args = ap.parse_args()
+if args.quick: args.rounds, args.min_time, args.images = 2, 0.3, 96
+for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'): os.environ[v] = str(args.threads)
+os.environ.setdefault('MPLBACKEND', 'Agg')
+
+import json, platform, subprocess, tempfile, warnings, importlib.util, logging
+from pathlib import Path
+import numpy as np, torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+torch.set_num_threads(args.threads)
+warnings.filterwarnings('ignore', category=UserWarning)        # the peer's deprecated F.upsample etc.
+warnings.filterwarnings('ignore', category=DeprecationWarning)
+logging.getLogger('torch.onnx').setLevel(logging.ERROR)
+
+from hacnn_nbdev.core import seed_everything
+from hacnn_nbdev.model import HACNN
+from hacnn_nbdev.data import build_test_loader
+from hacnn_nbdev.train import hacnn_loss, make_optimizer, TrainConfig
+from hacnn_nbdev.metrics import simulate_features, compute_distance, evaluate_rank
+from hacnn_nbdev.deploy import (optimize_for_inference, export_onnx, OnnxFeatureExtractor, count_flops, matmul_limit,
+                                throughput, summarize, check_parity)
+
+T0 = time.perf_counter()
+def log(*a): print(f"[{time.perf_counter() - T0:5.0f}s]", *a, flush=True)
+
+# ---- the peer: torchreid 0.2.5, its model and metric files imported by path -----------------------------------------
+def torchreid_file(rel:str, name:str):
+    "Import one file of the installed torchreid package without running torchreid/__init__.py (it needs torchvision/cv2)."
+    spec = importlib.util.find_spec('torchreid')
+    if spec is None: sys.exit("torchreid is not installed: `make bench` installs it (bench_requirements = torchreid==0.2.5)")
+    path = Path(spec.origin).parent / rel
+    m = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path))
+    m.__spec__.loader.exec_module(m)
+    return m
+
+peer_models = torchreid_file('reid/models/hacnn.py', '_peer_hacnn')
+peer_rank = torchreid_file('reid/metrics/rank.py', '_peer_rank')
+peer_distance = torchreid_file('reid/metrics/distance.py', '_peer_distance')
+from importlib.metadata import version
+PEER = f"torchreid {version('torchreid')} HACNN (eager, as shipped; use_gpu=False)"
+
+def peer_model(num_classes=751):
+    return peer_models.HACNN(num_classes, loss='softmax', use_gpu=False)
+
+def trained_like(m, seed=0):
+    "Random but non-trivial BN statistics (a freshly built model would make BN folding trivially right)."
+    g = torch.Generator().manual_seed(seed)
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            n = bn.num_features; u = lambda a, b: a + (b - a) * torch.rand(n, generator=g)
+            bn.running_mean.copy_(u(-.5, .5)); bn.running_var.copy_(u(.5, 2.))
+            with torch.no_grad(): bn.weight.copy_(u(.5, 1.5)); bn.bias.copy_(u(-.2, .2))
+    return m
+
+def machine():
+    lscpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+    model = next((l.split(':', 1)[1].strip() for l in lscpu.splitlines() if l.startswith('Model name')), platform.processor())
+    return {'cpu': model, 'nproc': os.cpu_count(), 'threads': args.threads, 'python': platform.python_version(),
+            'torch': torch.__version__, 'onnxruntime': version('onnxruntime'), 'peer': PEER,
+            'load_avg_start': os.getloadavg()}
+
+def stats(res, base, **extra):
+    "Summaries by wall clock (the result) and by CPU time (the check)."
+    wall, cpu = summarize(res, base, 'wall'), summarize(res, base, 'cpu')
+    return {k: {'images_s': wall[k]['median'], 'ratio': wall[k]['ratio'], 'ratio_cpu_time': cpu[k]['ratio'],
+                'rounds_images_s': res[k]['wall'], **extra.get(k, {})} for k in res}
+
+# ---- sections --------------------------------------------------------------------------------------------------------
+def bench_eval(ours, fast, peer, onnx, batch, flops):
+    x = torch.randn(batch, 3, 160, 64)
+    fns = {'peer': lambda: peer(x), 'ours eager': lambda: ours(x), 'ours optimized': lambda: fast(x)}
+    if onnx is not None: fns['ours onnx'] = lambda: onnx(x)
+    with torch.no_grad():
+        res = throughput(fns, batch, rounds=args.rounds, min_time=args.min_time)
+    out = stats(res, 'peer')
+    for k, v in out.items(): v['gflops'] = v['images_s'] * flops[k] / 1e9
+    return out
+
+def bench_train(flops):
+    x, y = torch.randn(32, 3, 160, 64), torch.randint(0, 751, (32,))
+    def stepper(model, cl):
+        model.train()
+        if cl: model = model.to(memory_format=torch.channels_last)
+        opt = make_optimizer(model.parameters(), TrainConfig())   # the same recipe for both networks: Adam (Sec. 4)
+        xi = x.contiguous(memory_format=torch.channels_last) if cl else x
+        def step():
+            g, l = model(xi); loss, _ = hacnn_loss(g, l, y)
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        return step
+    seed_everything(0)
+    fns = {'peer': stepper(peer_model(), False),
+           'ours (as hacnn_train on CPU: NCHW)': stepper(HACNN(751), False),
+           'ours channels-last (proposed)': stepper(HACNN(751), True)}
+    res = throughput(fns, 32, rounds=args.rounds, min_time=2 * args.min_time)
+    out = stats(res, 'peer')
+    for k, v in out.items(): v['gflops'] = v['images_s'] * flops['peer' if k == 'peer' else 'ours'] / 1e9
+    return out
+
+def train_flops(model):
+    "FLOPs of one training step per image (forward + backward), by torch's FLOP counter."
+    model.train(); x, y = torch.randn(4, 3, 160, 64), torch.randint(0, 10, (4,))
+    with FlopCounterMode(display=False) as fc:
+        g, l = model(x); hacnn_loss(g, l, y)[0].backward()
+    return fc.get_total_flops() / 4
+
+def make_folder(root:Path, n:int):
+    "n Market-1501-sized (64×128) JPEGs of smooth random colour fields, named like Market's."
+    from PIL import Image
+    rng = np.random.default_rng(0); root.mkdir(parents=True, exist_ok=True); recs = []
+    for i in range(n):
+        small = rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((64, 128), Image.BILINEAR)
+        arr = np.clip(np.asarray(img, np.int16) + rng.integers(-20, 21, (128, 64, 3)), 0, 255).astype(np.uint8)
+        p = root / f'{i // 4 + 1:04d}_c{i % 6 + 1}s1_{i:06d}_00.jpg'
+        Image.fromarray(arr).save(p, quality=90); recs.append((str(p), i // 4 + 1, i % 6 + 1))
+    return recs
+
+def bench_loading(recs):
+    "decode + resize + normalise throughput of hacnn_nbdev.data's test loader, by number of workers."
+    out = {}
+    for w in (0, 1, 2):
+        dl = build_test_loader(recs, batch_size=32, workers=w)
+        t = time.perf_counter(); n = sum(len(b[0]) for b in dl); dt = time.perf_counter() - t
+        out[f'{w} workers'] = {'images_s': n / dt, 'seconds': dt, 'images': n}
+        del dl
+    return out
+
+def bench_folder(recs, fast, peer, workers):
+    "JPEG folder -> features, loading included (a fresh loader each pass, as a one-off extraction would)."
+    def extract(m):
+        def f():
+            with torch.no_grad():
+                for xb, _, _ in build_test_loader(recs, batch_size=32, workers=workers): m(xb)
+        return f
+    res = throughput({'peer': extract(peer), 'ours optimized': extract(fast)}, len(recs),
+                     rounds=max(2, args.rounds - 2), min_time=0)
+    return stats(res, 'peer')
+
+def bench_evaluator():
+    "Market-1501-sized evaluation from features: distance matrix + CMC/mAP (ours) vs torchreid's Python evaluator."
+    fs = simulate_features(n_ids=750, n_query=3368, n_gallery=15913, n_distractors=2793, dim=1024, noise=1.55, seed=0)
+    q, g = torch.from_numpy(fs.q_feats), torch.from_numpy(fs.g_feats)
+    lab = (fs.q_pids, fs.g_pids, fs.q_camids, fs.g_camids)
+    def ours():
+        d = compute_distance(q, g); r = evaluate_rank(d, *lab); return d, r.cmc, r.mAP
+    def peer():
+        d = peer_distance.compute_distance_matrix(q, g, 'euclidean').numpy()
+        cmc, mAP = peer_rank.eval_market1501(d, *lab, 50); return d, cmc, mAP
+    times = {'peer': [], 'ours': []}; dist_t = {'peer': [], 'ours': []}
+    for r in range(max(2, args.rounds - 3)):
+        for k, f in (('peer', peer), ('ours', ours)) if r % 2 == 0 else (('ours', ours), ('peer', peer)):
+            t = time.perf_counter(); d, cmc, mAP = f(); times[k].append(time.perf_counter() - t)
+            if k == 'ours': res_o = (d, cmc, mAP)
+            else: res_p = (d, cmc, mAP)
+    t = time.perf_counter(); compute_distance(q, g); dist_t['ours'] = time.perf_counter() - t
+    t = time.perf_counter(); peer_distance.compute_distance_matrix(q, g, 'euclidean'); dist_t['peer'] = time.perf_counter() - t
+    gflop = 2 * q.shape[0] * g.shape[0] * q.shape[1] / 1e9
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {'case': f'{q.shape[0]} queries × {g.shape[0]} gallery, {q.shape[1]}-d, 751 ids incl. distractors, 6 cameras',
+            'ours': {'seconds': med['ours'], 'queries_s': q.shape[0] / med['ours'], 'all_seconds': times['ours'],
+                     'distance_seconds': dist_t['ours'], 'distance_gflops': gflop / dist_t['ours'], 'mAP': float(res_o[2])},
+            'peer': {'seconds': med['peer'], 'queries_s': q.shape[0] / med['peer'], 'all_seconds': times['peer'],
+                     'distance_seconds': dist_t['peer'], 'distance_gflops': gflop / dist_t['peer'], 'mAP': float(res_p[2])},
+            'ratio': float(np.median([p / o for o, p in zip(times['ours'], times['peer'])])),
+            'agree': {'max_abs_cmc': float(np.abs(np.asarray(res_o[1][:50]) - np.asarray(res_p[1][:50])).max()),
+                      'abs_mAP': float(abs(res_o[2] - res_p[2]))}}
+
+# ---- the run ---------------------------------------------------------------------------------------------------------
+def main():
+    out_dir = Path(args.out); out_dir.mkdir(parents=True, exist_ok=True)
+    R = {'command': ' '.join([Path(sys.executable).name if False else '.venv/bin/python'] + sys.argv), 'machine': machine()}
+    log(f"threads {args.threads} on {R['machine']['nproc']} cores ({R['machine']['cpu']}); load {os.getloadavg()}")
+    R['matmul_limit_gflops'] = matmul_limit(seconds=3.0); log(f"matmul limit {R['matmul_limit_gflops']:.0f} GFLOP/s")
+
+    seed_everything(0)
+    ours = trained_like(HACNN(751)).eval(); peer = trained_like(peer_model()).eval()
+    x1 = torch.randn(1, 3, 160, 64); x32 = torch.randn(32, 3, 160, 64)
+    flops = {'peer': count_flops(peer, x1), 'ours eager': count_flops(ours, x1)}
+    flops['ours optimized'] = flops['ours onnx'] = flops['ours eager']
+    R['flops_per_image'] = {'ours': flops['ours eager'], 'peer': flops['peer']}
+
+    t = time.perf_counter(); fast = optimize_for_inference(ours, example=x32[:4]); t_opt = time.perf_counter() - t
+    with torch.no_grad():
+        ref = ours(x32)
+        R['parity'] = {'optimized_vs_eager_b32': check_parity(fast(x32), ref),
+                       'optimized_vs_eager_b1': check_parity(fast(x32[:1]), ref[:1]), 'optimize_seconds': t_opt}
+    log(f"optimize_for_inference: {t_opt:.1f} s; max |Δfeature| {R['parity']['optimized_vs_eager_b32']:.1e}")
+    tmp = Path(tempfile.mkdtemp(prefix='hacnn_bench_'))
+    t = time.perf_counter(); path = export_onnx(ours, tmp / 'hacnn.onnx'); t_exp = time.perf_counter() - t
+    onnx = OnnxFeatureExtractor(path, threads=args.threads)
+    with torch.no_grad(): R['parity']['onnx_vs_eager_b32'] = check_parity(onnx(x32), ref)
+    R['onnx'] = {'export_seconds': t_exp, 'MB': path.stat().st_size / 1e6, 'opset': 18}
+    log(f"ONNX export {t_exp:.0f} s; max |Δfeature| {R['parity']['onnx_vs_eager_b32']:.1e}")
+
+    R['eval_b32'] = bench_eval(ours, fast, peer, onnx, 32, flops); log('eval b32', fmt(R['eval_b32']))
+    R['eval_b1'] = bench_eval(ours, fast, peer, onnx, 1, flops); log('eval b1', fmt(R['eval_b1']))
+    tf = {'ours': train_flops(HACNN(751)), 'peer': train_flops(peer_model())}
+    R['train_flops_per_image'] = tf
+    R['train_b32'] = bench_train(tf); log('train b32', fmt(R['train_b32']))
+
+    recs = make_folder(tmp / 'folder', args.images)
+    R['data_loading'] = bench_loading(recs); log('data loading', {k: round(v['images_s']) for k, v in R['data_loading'].items()})
+    workers = max(R['data_loading'], key=lambda k: R['data_loading'][k]['images_s'])
+    R['folder_workers'] = int(workers.split()[0])
+    R['folder'] = bench_folder(recs, fast, peer, R['folder_workers']); log('folder -> features', fmt(R['folder']))
+    R['evaluator'] = bench_evaluator(); log('evaluator', {k: R['evaluator'][k] for k in ('ratio', 'agree')})
+    R['machine']['load_avg_end'] = os.getloadavg(); R['seconds'] = time.perf_counter() - T0
+
+    (out_dir / 'bench.json').write_text(json.dumps(R, indent=1))
+    table = render(R); print(table); (out_dir / 'bench.md').write_text(table)
+    plot(R, out_dir / 'bench.png')
+    log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+
+def fmt(d): return {k: f"{v['images_s']:.1f}/s ×{v['ratio']:.2f}" for k, v in d.items()}
+
+def render(R):
+    m, lim = R['machine'], R['matmul_limit_gflops']
+    L = [f"# HA-CNN speed, side by side with the peer", "",
+         f"machine: {m['cpu']}, nproc {m['nproc']}, **threads {m['threads']}**; torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
+         f"load average {m['load_avg_start'][0]:.2f} at start, {m['load_avg_end'][0]:.2f} at end", f"peer: {m['peer']}",
+         f"matmul limit (fp32 2048² GEMM, best): **{lim:.0f} GFLOP/s**; FLOPs/image: ours {R['flops_per_image']['ours'] / 1e9:.3f} G, "
+         f"peer {R['flops_per_image']['peer'] / 1e9:.3f} G (eval); train step ours {R['train_flops_per_image']['ours'] / 1e9:.2f} G, peer {R['train_flops_per_image']['peer'] / 1e9:.2f} G",
+         f"command: `{R['command']}` ({R['seconds']:.0f} s)", "",
+         "| task | candidate | images/s | ratio vs peer (wall) | ratio (CPU time) | GFLOP/s | % of matmul limit |",
+         "|---|---|---:|---:|---:|---:|---:|"]
+    for task in ('eval_b32', 'eval_b1', 'train_b32'):
+        for k, v in R[task].items():
+            L.append(f"| {task.replace('_', ' ')} | {k} | {v['images_s']:.1f} | {v['ratio']:.2f} | {v['ratio_cpu_time']:.2f} | "
+                     f"{v['gflops']:.1f} | {100 * v['gflops'] / lim:.0f}% |")
+    for k, v in R['folder'].items():
+        L.append(f"| folder → features ({R['folder_workers']} workers) | {k} | {v['images_s']:.1f} | {v['ratio']:.2f} | {v['ratio_cpu_time']:.2f} | | |")
+    e = R['evaluator']
+    for k in ('peer', 'ours'):
+        L.append(f"| evaluator (queries/s) | {k} | {e[k]['queries_s']:.0f} | {1.0 if k == 'peer' else e['ratio']:.2f} | | "
+                 f"{e[k]['distance_gflops']:.1f} (distances) | {100 * e[k]['distance_gflops'] / lim:.0f}% |")
+    L += ["", f"evaluator case: {e['case']}; ours and peer agree to {e['agree']['max_abs_cmc']:.1e} (CMC), {e['agree']['abs_mAP']:.1e} (mAP)",
+          "", "| data loading (decode + resize + normalise, batch 32) | images/s |", "|---|---:|"]
+    L += [f"| {k} | {v['images_s']:.0f} |" for k, v in R['data_loading'].items()]
+    p, o = R['parity'], R['onnx']
+    L += ["", f"parity (max |Δfeature| vs eager, batch 32): optimized {p['optimized_vs_eager_b32']:.1e}, "
+              f"batch 1 {p['optimized_vs_eager_b1']:.1e}; ONNX/onnxruntime {p['onnx_vs_eager_b32']:.1e}. "
+              f"ONNX export {o['export_seconds']:.0f} s, {o['MB']:.1f} MB (opset {o['opset']})."]
+    return '\n'.join(L)
+
+def plot(R, path):
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={'width_ratios': [2.2, 1.4, 1]})
+    rows = [(f"{t.replace('_', ' ')}: {k}", v) for t in ('eval_b32', 'eval_b1', 'train_b32', 'folder') for k, v in R[t].items() if k != 'peer']
+    rows.append(('evaluator: ours', {'ratio': R['evaluator']['ratio'], 'images_s': R['evaluator']['ours']['queries_s']}))
+    ax = axs[0]; y = np.arange(len(rows))
+    ax.barh(y, [v['ratio'] for _, v in rows], color=['tab:green' if v['ratio'] >= 1 else 'tab:red' for _, v in rows])
+    ax.axvline(1, color='k', lw=1); ax.axvline(1.5, color='grey', ls='--', lw=1)
+    ax.set_yticks(y, [n for n, _ in rows], fontsize=8); ax.invert_yaxis()
+    for i, (_, v) in enumerate(rows): ax.text(v['ratio'], i, f" ×{v['ratio']:.2f} ({v['images_s']:.0f}/s)", va='center', fontsize=7)
+    ax.set_xlabel('ours / peer (wall clock; 1 = same speed; dashed: 1.5×)'); ax.set_xlim(0, max(v['ratio'] for _, v in rows) * 1.35)
+    ax.set_title(f"speed vs torchreid HACNN — {R['machine']['threads']} threads, {R['machine']['cpu']}", fontsize=9)
+    ax = axs[1]; lim = R['matmul_limit_gflops']
+    g = [(f"{t.replace('_', ' ')}: {k}", v['gflops']) for t in ('eval_b32', 'train_b32') for k, v in R[t].items()]
+    g.append(('evaluator distances: ours', R['evaluator']['ours']['distance_gflops']))
+    ax.barh(range(len(g)), [v for _, v in g], color='tab:blue'); ax.axvline(lim, color='r', lw=1.5)
+    ax.text(lim, len(g) - 0.5, f' matmul limit\n {lim:.0f} GFLOP/s', color='r', fontsize=8, va='top')
+    ax.set_yticks(range(len(g)), [n for n, _ in g], fontsize=8); ax.invert_yaxis(); ax.set_xlabel('achieved GFLOP/s')
+    ax.set_xlim(0, lim * 1.45); ax.set_title('achieved vs machine limit', fontsize=9)
+    ax = axs[2]; dl = R['data_loading']
+    ax.bar(list(dl), [v['images_s'] for v in dl.values()], color='tab:purple')
+    need = R['eval_b32']['ours optimized']['images_s']
+    ax.axhline(need, color='tab:green', ls='--'); ax.text(-0.4, need, ' model (optimized, b32)', color='tab:green', fontsize=8, va='bottom')
+    ax.set_ylabel('images/s'); ax.set_title('decode + resize + normalise', fontsize=9)
+    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+
+if __name__ == '__main__': main()
