@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from hacnn_nbdev.data import Market1501, SyntheticWorld
-from hacnn_nbdev.synthetic import (GENERATOR, SIBLING_DETAILS, colour_histograms, histogram_distances, make_sibling, make_world,
+from hacnn_nbdev.synthetic import (GENERATOR, SIBLING_DETAILS, colour_histograms, histogram_distances, make_sibling, make_world, synth_cli,
                                    plan_world, render_image, sample_identity)
 
 SMALL = dict(n_ids=12, imgs_per_id=(4, 7), n_distractors=5)
@@ -138,17 +138,15 @@ def test_histogram_baseline(world):
     assert c.shape == (1, 1024) and not np.allclose(c, f[:1])                  # same bins, fewer columns
 
 
-def test_cli(tmp_path):
-    exe = Path(sys.executable).parent/'hacnn_synth'
+def test_cli(tmp_path, capsys):
+    exe = Path(sys.executable).parent/'hacnn_synth'                             # the console script, end to end (once: it imports torch)
     cmd = [str(exe)] if exe.exists() else [sys.executable, '-c', 'from hacnn_nbdev.synthetic import synth_cli; synth_cli()']
     args = ['--root', str(tmp_path/'cli'), '--seed', '2', '--n_ids', '6', '--imgs_min', '4', '--imgs_max', '5', '--n_distractors', '2', '--workers', '1']
-    r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'wrote' in r.stdout and 'Synthetic world' in r.stdout and 'train' in r.stdout
     assert len(SyntheticWorld(tmp_path/'cli').train) > 0
-    r2 = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
-    assert r2.returncode == 0 and 'reused' in r2.stdout
-    r3 = subprocess.run(cmd + args + ['--overwrite'], capture_output=True, text=True, timeout=120)
-    assert r3.returncode == 0 and 'wrote' in r3.stdout
-    r4 = subprocess.run(cmd + ['--root', str(tmp_path/'bad'), '--n_ids', '1'], capture_output=True, text=True, timeout=120)
-    assert r4.returncode != 0 and 'n_ids' in r4.stderr
+    kw = dict(root=str(tmp_path/'cli'), seed=2, n_ids=6, imgs_min=4, imgs_max=5, n_distractors=2, workers=1)
+    assert synth_cli(**kw) is None and 'reused' in capsys.readouterr().out    # in-process calls for the rest
+    synth_cli(**kw, overwrite=True); assert 'wrote' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='n_ids'): synth_cli(root=str(tmp_path/'bad'), n_ids=1)
