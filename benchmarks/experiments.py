@@ -18,7 +18,7 @@ def main():
     ap.add_argument('--results', default='benchmarks/results/experiments.jsonl', help='JSON-lines file of finished runs')
     ap.add_argument('--worlds', default='data/experiments', help='where the synthetic worlds are written')
     ap.add_argument('--runs', default='runs/experiments', help='where checkpoints and logs go')
-    ap.add_argument('--seeds', default='0,1', help='seeds of Tables 5-7')
+    ap.add_argument('--seeds', default='0,1,2', help='seeds of Tables 5-7')
     ap.add_argument('--sweep_jitters', default='0,1,2,3', help='detector-jitter levels of the sweep')
     ap.add_argument('--sweep_seeds', default='0', help='seeds of the sweep')
     ap.add_argument('--part', default='0/1', help='i/n: run only the plan entries whose index is i modulo n (for n runners side by side)')
