@@ -68,6 +68,12 @@ def test_translate_nb():
     assert len({x['id'] for x in c}) == len(c)
     assert bd.translate_nb(nb, link)[0] == out                            # same input, same page (ids too)
 
+def test_flagged_cells_not_run_for_docs():
+    nb = {'cells': [code('#| slow\nfrom x import train\ntrain()'), code('#|gpu\nimport y'), code('import z'),
+                    code('#| slow\n#| eval: true\nimport w'), md('#| slow')]}
+    out = bd.skip_flagged(nb, {'slow', 'gpu'})
+    assert [c['source'].startswith('#| eval: false\n') for c in out['cells']] == [True, True, False, False, False]
+
 def test_mixed_import_hint():
     assert 'imports in a cell of their own' in bd._mixed_hint('Error in cell 3 :\nimport os\nx = os.sep')
     assert bd._mixed_hint('Error in cell 3 :\nimport os\nimport re') == ''

@@ -8,6 +8,8 @@ Route (see nbs/index.ipynb, "The documentation site"):
    does per notebook (nbdev.serve_drv with nbdev.processors.FilterDefaults) minus its Quarto install,
    `_quarto.yml` and sidebar: front matter from the title cell, import/export/show_doc cells executed
    so the API is rendered with signatures, docments and source links, backticked names linked.
+   One difference: cells flagged with a `tst_flags` flag (`#| slow`, `#| gpu`) are not executed
+   (`#| eval: false` is added to a copy): nbdev would run them when they import anything.
    Output: <build>/nbs/<notebook>.ipynb, in a temporary build folder outside the repository (not
    nbdev's _proc/, which nbdev_docs and Quarto own where they exist); --keep-build DIR keeps it.
 2. Quarto-only bits are translated for MkDocs (`translate_nb`): the front-matter cell becomes the page
@@ -44,30 +46,54 @@ def _mixed_hint(msg: str) -> str:
                 'in a cell of their own (same rule breaks `nbdev_docs` where Quarto exists).')
     return ''
 
-def nbdev_process(nbs: list[Path], proc: Path, workers: int, keep_going: bool) -> dict[Path, Path]:
-    "Process `nbs` into `proc` in parallel; return {source notebook: processed notebook}."
-    proc.mkdir(parents=True)
+def skip_flagged(nb: dict, flags: set[str]) -> dict:
+    """Cells flagged with a test flag (`#| slow`, `#| gpu`) get `#| eval: false`: nbdev's docs processing runs every
+    cell that imports something, and such a cell may train for minutes. Their saved outputs are shown as they are."""
+    for c in nb['cells']:
+        if c['cell_type'] != 'code': continue
+        opts, _ = split_directives(''.join(c['source']) if isinstance(c['source'], list) else c['source'])
+        if flags & set(opts) and 'eval' not in opts:
+            src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
+            c['source'] = '#| eval: false\n' + src
+    return nb
+
+def _proc_one(src: Path, dst: Path) -> float:
+    "nbdev's per-notebook docs processing (what nbdev_proc_nbs runs in each worker); returns the seconds it took."
+    import nbdev.serve_drv
+    from nbdev.processors import FilterDefaults
+    t = time.time(); nbdev.serve_drv.main((src, dst, FilterDefaults))
+    return time.time() - t
+
+def nbdev_process(nbs: list[Path], build: Path, workers: int, keep_going: bool, flags: set[str]) -> dict[Path, Path]:
+    "Process `nbs` (copies in build/src with flagged cells not evaluated) into build/nbs in parallel; {notebook: processed}."
+    src, proc = build / 'src', build / 'nbs'
+    for d in (src, proc): d.mkdir(parents=True)
     os.environ.setdefault('OMP_NUM_THREADS', '1'); os.environ.setdefault('MKL_NUM_THREADS', '1')
     os.environ.setdefault('MPLBACKEND', 'Agg')
     # the workers document this checkout: its package first on the path (whatever pip installed where)
     # (spawned workers copy this process's sys.path; the kernels they start read PYTHONPATH)
     if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
     os.environ['PYTHONPATH'] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
-    done, failed = {}, {}
-    from nbdev.processors import FilterDefaults
-    import nbdev.serve_drv  # what nbdev_proc_nbs runs per notebook, in fresh processes (spawn), as nbdev does
+    done, failed, slow = {}, {}, []
+    if str(TOOLS) not in sys.path: sys.path.insert(0, str(TOOLS))
+    import build_docs  # this file as a module the spawned workers can import (as nbdev_proc_nbs, one process each)
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context('spawn')) as ex:
         futs = {}
         for nb in nbs:
-            dst = proc / nb.relative_to(NBS)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            futs[ex.submit(nbdev.serve_drv.main, (nb, dst, FilterDefaults))] = (nb, dst)
+            rel = nb.relative_to(NBS)
+            copy_, dst = src / rel, proc / rel
+            for d in (copy_, dst): d.parent.mkdir(parents=True, exist_ok=True)
+            copy_.write_text(json.dumps(skip_flagged(json.loads(nb.read_text(encoding='utf-8')), flags), indent=1), encoding='utf-8')
+            futs[ex.submit(build_docs._proc_one, copy_, dst)] = (nb, dst)
         for f in cf.as_completed(futs):
             nb, dst = futs[f]
-            try: f.result(); done[nb] = dst
+            try:
+                secs = f.result(); done[nb] = dst
+                if secs > 20: slow.append(f'{nb.relative_to(NBS)} {secs:.0f} s')
             except Exception as e:  # name the notebook and the cell nbdev could not run
                 errs = re.findall(r'^(\w+(?:Error|Exception|Interrupt|Exit): .*)$', str(e.__cause__ or ''), re.M)
                 failed[nb] = f'{e}'.rstrip() + (f'\n  -> {errs[0]}' if errs else '') + _mixed_hint(str(e))
+    if slow: print('note: slow docs processing (cells that import run in full): ' + ', '.join(slow), file=sys.stderr)
     for nb, why in failed.items():
         print(f'ERROR: nbdev could not process {nb.relative_to(ROOT)}:\n  {why}', file=sys.stderr)
     if failed and not keep_going:
@@ -333,7 +359,7 @@ def build_site(a, cfg, build: Path, out: Path, t0: float):
     "Steps 1-4 in `build`; then `out` is replaced by the site and README.md refreshed."
     from nbdev.doclinks import nbglob
     nbs = sorted(nbglob(NBS, func=Path), key=lambda p: (p.relative_to(NBS) != Path('index.ipynb'), str(p.relative_to(NBS))))
-    done = nbdev_process(nbs, build / 'nbs', a.workers, a.keep_going)
+    done = nbdev_process(nbs, build, a.workers, a.keep_going, set(cfg.get('tst_flags', '').split()))
     t1 = time.time()
 
     stage, site = build / 'mkdocs', build / 'site'
