@@ -205,9 +205,11 @@ def throughput(fns:dict, # name -> zero-argument callable that processes `batch`
                batch:int, # images per call
                rounds:int=5, # rounds; each runs every candidate once, in rotating order
                min_time:float=1.0, # seconds per candidate per round (at least one call)
+               warmup:bool=True, # call each candidate once before timing (allocations, lazy init)
               ) -> dict: # name -> {'wall': [images/s per round], 'cpu': [images per CPU-second per round]}
     "Images per second of several candidates measured interleaved, round after round, by wall and CPU clock."
-    for f in fns.values(): f()                           # warm-up (allocations, lazy init)
+    if warmup:
+        for f in fns.values(): f()
     names, res = list(fns), {k: {'wall': [], 'cpu': []} for k in fns}
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:

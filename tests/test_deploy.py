@@ -242,3 +242,6 @@ def test_throughput_and_summary():
     s = summarize(r, 'a')
     assert s['a']['ratio'] == 1.0 and s['b']['median'] > 0
     assert 'ratio' not in summarize(r)['a']
+    calls['a'] = 0
+    throughput({'a': lambda: f('a')}, batch=1, rounds=2, min_time=0.0, warmup=False)
+    assert calls['a'] == 2                                                        # no warm-up call
