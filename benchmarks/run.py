@@ -301,7 +301,7 @@ def plot(R, path):
     ax.plot(xs, [v['steady_images_s'] for v in dl.values()], 'ko', label='after the first batch')
     need = R['eval_b32']['ours optimized']['images_s']
     ax.axhline(need, color='tab:green', ls='--', label=f'model, optimized b32 ({need:.0f}/s)')
-    ax.set_xlabel('DataLoader workers'); ax.set_ylabel('images/s'); ax.legend(fontsize=7)
+    ax.set_xlabel('DataLoader workers'); ax.set_ylabel('images/s'); ax.legend(fontsize=7, loc='upper right')
     ax.set_title(f"data loading, {dl['0 workers']['images']} JPEGs", fontsize=9)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
