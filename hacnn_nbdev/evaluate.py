@@ -30,13 +30,15 @@ def extract_features(model:torch.nn.Module, # HACNN or anything with its eval-mo
                      loader, # yields (images (N, 3, H, W), pids, camids), e.g. `build_test_loader(ds.query)`
                      progress:bool=True, # show a tqdm bar
                      desc:str='features', # the bar's label
+                     dtype:torch.dtype|None=None, # autocast dtype (e.g. torch.bfloat16 on a GPU); None: full precision
                     ) -> tuple: # (features (N, D) float32 CPU tensor, pids (N,), camids (N,))
     "Eval-mode features of every image in `loader`, batch by batch, on the model's device."
     dev, was = next(model.parameters()).device, model.training
     model.eval(); fs, ps, cs = [], [], []
     try:
         for x, p, c in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            fs.append(model(x.to(dev, non_blocking=True)).float().cpu())
+            x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)  # faster convolutions and pooling, same numbers
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None): fs.append(model(x).float().cpu())
             ps.append(torch.as_tensor(p)); cs.append(torch.as_tensor(c))
     finally: model.train(was)
     if not fs: raise ValueError(f"{desc}: the loader yielded no images")

@@ -11,15 +11,16 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PAPER', 'CONFIGS', 'BASE', 'TABLE5', 'Setup', 'ensure_world', 'rank_metrics', 'branch_metrics', 'run_key', 'run_one',
-           'read_results', 'run_plan', 'Md', 'summarise', 'ablation_table', 'sweep_rows', 'sweep_table', 'plot_sweep',
-           'complexity_table', 'paper_plan']
+__all__ = ['PAPER', 'CONFIGS', 'BASE', 'EXPERIMENT_WORLD', 'TABLE5', 'Setup', 'ensure_world', 'rank_metrics', 'branch_metrics',
+           'run_key', 'run_one', 'read_results', 'run_plan', 'Md', 'summarise', 'ablation_table', 'sweep_rows',
+           'sweep_table', 'plot_sweep', 'complexity_table', 'paper_plan']
 
 # %% ../nbs/12_experiments.ipynb #97618341
 from .core import seed_everything
 from .model import HACNN, model_complexity
 from .metrics import compute_distance, evaluate_rank
-from .train import train, extract_features
+from .train import train
+from .evaluate import extract_features
 from .synthetic import make_world, GENERATOR
 
 # %% ../nbs/12_experiments.ipynb #0fb373fa
@@ -70,12 +71,14 @@ class Setup:
 BASE = Setup()
 
 # %% ../nbs/12_experiments.ipynb #6670c16f
+EXPERIMENT_WORLD = dict(imgs_per_id=(10, 16), cast=1.0, clutter=1.0, sibling_frac=0.3)  # make_world's defaults when the recorded runs were made
+
 def ensure_world(setup:Setup, # the world's settings
                  worlds_dir:str|Path, # folder holding one sub-folder per world
                 ) -> Path:
     "The setup's synthetic world on disk (`make_world` re-uses a folder that already holds this very world)."
     root = Path(worlds_dir) / setup.world_name()
-    make_world(root, seed=setup.world_seed, n_ids=setup.n_ids, jitter=setup.jitter, **setup.world_kw)
+    make_world(root, seed=setup.world_seed, n_ids=setup.n_ids, jitter=setup.jitter, **{**EXPERIMENT_WORLD, **setup.world_kw})
     return root
 
 # %% ../nbs/12_experiments.ipynb #d7c2d2bb
@@ -124,8 +127,8 @@ def run_one(name:str, # a key of `CONFIGS` (or of `configs`)
     got = {k: getattr(tr.cfg, k) for k in ('epochs', 'batch_size', 'lr', 'schedule', 'widths', 'feat_dim', 'height', 'width')}
     want = {k: getattr(setup, k) for k in got}
     if got != want: raise RuntimeError(f"the run in {str(out)!r} was trained with {got}, not the setup's {want}")
-    qf, qp, qc = extract_features(tr.model, tr.loader(tr.ds.query, batch_size=128))
-    gf, gp, gc = extract_features(tr.model, tr.loader(tr.ds.gallery, batch_size=128))
+    qf, qp, qc = extract_features(tr.model, tr.loader(tr.ds.query, batch_size=128), progress=False)
+    gf, gp, gc = extract_features(tr.model, tr.loader(tr.ds.gallery, batch_size=128), progress=False)
     return dict(key=key, name=name, seed=seed, flags=flags, setup=asdict(setup), generator=GENERATOR,
                 metrics=branch_metrics(qf, gf, qp, gp, qc, gc), train_seconds=round(t_train, 1),
                 seconds=round(time.time() - t0, 1), final_loss=tr.history[-1]['loss'] if tr.history else None)

@@ -21,12 +21,13 @@ from .core import seed_everything, default_device, save_checkpoint, load_checkpo
 from .model import HACNN
 from .data import get_dataset, ReIDDataset, MEAN, STD
 from .metrics import compute_distance, evaluate_rank
+from .evaluate import extract_features
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'RESUMABLE_CHANGES', 'parse_widths', 'TrainConfig', 'hacnn_loss', 'make_optimizer', 'make_scheduler',
            'ReIDSampler', 'flip_batch', 'get_rng_state', 'set_rng_state', 'precision', 'autocast', 'DistInfo',
-           'init_distributed', 'StopFlag', 'TrainError', 'NonFiniteLossError', 'Trainer', 'extract_features', 'train',
-           'read_history', 'plot_history', 'train_cli']
+           'init_distributed', 'StopFlag', 'TrainError', 'NonFiniteLossError', 'Trainer', 'train', 'read_history',
+           'plot_history', 'train_cli']
 
 # %% ../nbs/09_train.ipynb #2e0fb094
 def parse_widths(w:str|tuple|list, # '32,64,96' or (32, 64, 96)
@@ -489,29 +490,13 @@ def write_log(self:Trainer):
     tmp.write_text(''.join(json.dumps(r) + '\n' for r in self.history)); os.replace(tmp, self.out / 'metrics.jsonl')
 
 # %% ../nbs/09_train.ipynb #28fadff5
-@torch.no_grad()
-def extract_features(model:nn.Module, # HACNN (or anything with the eval-mode contract)
-                     loader:DataLoader, # yields (images, pids, camids)
-                     device:torch.device|str='cpu', # where to run
-                     autocast_dtype=None, # e.g. torch.bfloat16 on GPU
-                    ) -> tuple:
-    "Eval-mode features (N, 2*feat_dim), pids (N,) and camids (N,) of every image in `loader`."
-    was = model.training; model.eval(); fs, ps, cs = [], [], []
-    device = torch.device(device)
-    for x, p, c in loader:
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, autocast_dtype): fs.append(model(x).float().cpu())
-        ps.append(torch.as_tensor(p)); cs.append(torch.as_tensor(c))
-    model.train(was)
-    return torch.cat(fs), torch.cat(ps).numpy(), torch.cat(cs).numpy()
-
 @patch
 def evaluate(self:Trainer) -> dict:
     "rank-1, rank-5, mAP and mINP on the query/gallery split (main process; the others wait)."
     res = {}
     if self.dist.main:
-        qf, qp, qc = extract_features(self.model, self.loader(self.ds.query, batch_size=128), self.device, self.autocast_dtype)
-        gf, gp, gc = extract_features(self.model, self.loader(self.ds.gallery, batch_size=128), self.device, self.autocast_dtype)
+        qf, qp, qc = extract_features(self.model, self.loader(self.ds.query, batch_size=128), False, 'query', self.autocast_dtype)
+        gf, gp, gc = extract_features(self.model, self.loader(self.ds.gallery, batch_size=128), False, 'gallery', self.autocast_dtype)
         r = evaluate_rank(np.asarray(compute_distance(qf, gf)), qp, gp, qc, gc)
         res = dict(rank1=float(r.cmc[0]), rank5=float(r.cmc[min(4, len(r.cmc) - 1)]), mAP=float(r.mAP), mINP=float(r.mINP))
     if self.dist.world_size > 1:

@@ -1,0 +1,71 @@
+"""hacnn_nbdev.demo beyond the notebook: the demo as a DDP job of two CPU processes is interrupted by Ctrl-C
+(SIGINT to the terminal's process group), saves, reports where it stopped, and resumes; a worker's failure
+surfaces as a clear error; the CLI explains itself."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+from hacnn_nbdev.core import load_checkpoint
+from hacnn_nbdev.demo import cli_args, demo
+from hacnn_nbdev.synthetic import make_world
+from hacnn_nbdev.train import TrainConfig, TrainError
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+WORLD = dict(seed=0, n_ids=16, imgs_per_id=(4, 6))
+TINY = dict(widths='16,32,48', height=80, width=32, batch_size=8)
+SCRIPT = """
+import sys
+from hacnn_nbdev.demo import demo
+s = demo(sys.argv[1], sys.argv[2], threads=2, procs=2, world={world!r}, progress=False, epochs=int(sys.argv[3]), **{tiny!r})
+sys.exit(130 if s is None else 0)
+"""
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp('world'); make_world(root, **WORLD); return root
+
+
+def test_demo_ctrl_c_saves_and_resumes(world, tmp_path):
+    script = tmp_path / 'run.py'; script.write_text(SCRIPT.format(world=WORLD, tiny=TINY)); out = tmp_path / 'demo'
+    p = subprocess.Popen([sys.executable, str(script), str(world), str(out), '500'], env=ENV, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (out / 'last.pt').exists() and p.poll() is None and time.time() - t0 < 120: time.sleep(0.2)
+    assert p.poll() is None, p.communicate()[0][-3000:]
+    time.sleep(1.0)
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the demo and both workers get it
+    log = p.communicate(timeout=120)[0]
+    assert p.returncode == 130, log[-3000:]
+    assert 'Traceback' not in log, log[-3000:]
+    assert 'stopped by SIGINT' in log and 'run the demo again to continue' in log
+    ck = load_checkpoint(out / 'last.pt')
+    stopped = ck['epoch']
+    assert 1 <= stopped < 500 and ck['world_size'] == 2
+    assert not (out / 'metrics.json').exists()
+    # run again with a nearer end: it resumes from the saved epoch and finishes
+    r = subprocess.run([sys.executable, str(script), str(world), str(out), str(stopped + 1)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f'epochs {stopped + 1}..{stopped + 1}' in r.stdout
+    m = json.loads((out / 'metrics.json').read_text())
+    assert m['epochs'] == stopped + 1 and m['procs'] == 2
+    assert [h['epoch'] for h in load_checkpoint(out / 'last.pt')['history']] == list(range(1, stopped + 2))
+
+
+def test_demo_worker_failure_is_a_clear_error(world, tmp_path):
+    out = tmp_path / 'demo'
+    demo(world, out, threads=1, procs=1, world=WORLD, progress=False, epochs=1, **TINY)
+    with pytest.raises(TrainError, match='delete that folder'):  # the workers refuse: the folder holds another recipe
+        demo(world, out, threads=2, procs=2, world=WORLD, progress=False, log=lambda m: None, epochs=1, **{**TINY, 'widths': '32,64,96'})
+
+
+def test_cli_args_skip_defaults_and_spell_booleans():
+    cfg = TrainConfig(root='r', epochs=2, progress=False, flip=True, spatial_attention=False)
+    assert cli_args(cfg) == ['--root', 'r', '--epochs', '2', '--flip', '--no-spatial_attention', '--no-progress']
+    assert cli_args(TrainConfig()) == []
+
+
+def test_demo_cli_help():
+    r = subprocess.run([str(BIN / 'hacnn_demo'), '--help'], capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 0
+    for opt in ('--root', '--out', '--threads', '--procs', '--epochs', '--seed'): assert opt in r.stdout
