@@ -263,14 +263,14 @@ def _identities(seed:int, pids:range, sibling_frac:float) -> tuple[dict, dict]:
 
 # %% ../nbs/07_synthetic.ipynb #cbee5fb8
 def plan_world(seed:int=0, # the world's seed
-               n_ids:int=300, # identities in all; the first half train, the second half test
-               imgs_per_id:tuple=(10, 16), # each identity has between these many images (inclusive)
+               n_ids:int=500, # identities in all; the first half train, the second half test
+               imgs_per_id:tuple=(8, 12), # each identity has between these many images (inclusive)
                n_cameras:int=6, # cameras in the network
                jitter:float=1.0, # detector misalignment (0 = perfect boxes)
                occlusion:float=0.1, # probability that an image is partially occluded
-               sibling_frac:float=0.3, # fraction of identities that copy another with one local detail changed
+               sibling_frac:float=0.05, # fraction of identities that copy another with one local detail changed
                n_distractors:int|None=None, # pid-0 gallery images of people outside the world; `None`: n_ids // 2
-               noise:float=1.0, blur:float=1.0, cast:float=1.0, # camera knobs (see `sample_camera`)
+               noise:float=1.0, blur:float=1.0, cast:float=0.5, # camera knobs (see `sample_camera`)
               ) -> dict:
     "Cameras, identities and one entry per image (file name, split, pid, camera, view, detection, seed)."
     if n_ids < 2: raise ValueError(f'n_ids must be at least 2 (one train and one test identity), not {n_ids}')
@@ -352,16 +352,16 @@ def _render_all(world, kw, workers):
 # %% ../nbs/07_synthetic.ipynb #7ebf98d6
 def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 layout)
                seed:int=0, # same seed and knobs → byte-identical files
-               n_ids:int=300, # identities in all: n_ids // 2 train, the rest test
-               imgs_per_id:tuple=(10, 16), # images per identity, (min, max)
+               n_ids:int=500, # identities in all: n_ids // 2 train, the rest test
+               imgs_per_id:tuple=(8, 12), # images per identity, (min, max)
                n_cameras:int=6, # cameras
                jitter:float=1.0, # detector misalignment: shift, scale, truncation (0 = perfect boxes)
                occlusion:float=0.1, # probability of a partial occlusion per image
-               clutter:float=1.0, # background clutter (objects per image ∝ clutter)
+               clutter:float=0.5, # background clutter (objects per image ∝ clutter)
                noise:float=1.0, # sensor noise scale
                blur:float=1.0, # optical blur scale
-               cast:float=1.0, # camera colour cast and illumination scale
-               sibling_frac:float=0.3, # identities that differ from another in one local detail
+               cast:float=0.5, # camera colour cast and illumination scale
+               sibling_frac:float=0.05, # identities that differ from another in one local detail
                n_distractors:int|None=None, # pid-0 gallery images (`None`: n_ids // 2)
                height:int=128, width:int=64, # image size (Market-1501: 128×64)
                quality:int=90, # JPEG quality
@@ -426,17 +426,17 @@ def histogram_distances(query:list, gallery:list, **kwargs) -> np.ndarray:
 @call_parse
 def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
               seed:int=0, # world seed: same seed and options → byte-identical files
-              n_ids:int=300, # identities in all (half train, half test)
-              imgs_min:int=10, # fewest images per identity (≥ 4)
-              imgs_max:int=16, # most images per identity
+              n_ids:int=500, # identities in all (half train, half test)
+              imgs_min:int=8, # fewest images per identity (≥ 4)
+              imgs_max:int=12, # most images per identity
               n_cameras:int=6, # cameras
               jitter:float=1.0, # detector misalignment (0 = perfect boxes)
               occlusion:float=0.1, # probability of a partial occlusion
-              clutter:float=1.0, # background clutter
+              clutter:float=0.5, # background clutter
               noise:float=1.0, # sensor noise
               blur:float=1.0, # optical blur
-              cast:float=1.0, # camera colour cast and illumination changes
-              sibling_frac:float=0.3, # identities differing from another in one local detail
+              cast:float=0.5, # camera colour cast and illumination changes
+              sibling_frac:float=0.05, # identities differing from another in one local detail
               n_distractors:int=None, # pid-0 gallery images (default n_ids // 2)
               height:int=128, # image height
               width:int=64, # image width

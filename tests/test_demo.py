@@ -26,7 +26,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp('world'); make_world(root, **WORLD); return root
 
 
-def test_demo_ctrl_c_saves_and_resumes(world, tmp_path):
+def start_and_stop(world, tmp_path, send):
+    "Start a long demo (2 DDP processes), wait for its first checkpoint, stop it with `send(popen)`; return (log, out, script)."
     script = tmp_path / 'run.py'; script.write_text(SCRIPT.format(world=WORLD, tiny=TINY)); out = tmp_path / 'demo'
     p = subprocess.Popen([sys.executable, str(script), str(world), str(out), '500'], env=ENV, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -34,15 +35,22 @@ def test_demo_ctrl_c_saves_and_resumes(world, tmp_path):
     while not (out / 'last.pt').exists() and p.poll() is None and time.time() - t0 < 120: time.sleep(0.2)
     assert p.poll() is None, p.communicate()[0][-3000:]
     time.sleep(1.0)
-    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the demo and both workers get it
+    send(p)
     log = p.communicate(timeout=120)[0]
     assert p.returncode == 130, log[-3000:]
     assert 'Traceback' not in log, log[-3000:]
-    assert 'stopped by SIGINT' in log and 'run the demo again to continue' in log
+    assert 'run the demo again to continue' in log
     ck = load_checkpoint(out / 'last.pt')
-    stopped = ck['epoch']
-    assert 1 <= stopped < 500 and ck['world_size'] == 2
+    assert 1 <= ck['epoch'] < 500 and ck['world_size'] == 2
     assert not (out / 'metrics.json').exists()
+    left = subprocess.run(['pgrep', '-f', str(out)], capture_output=True, text=True).stdout.split()
+    assert not left, f'worker processes left running: {left}'
+    return log, out, script, ck['epoch']
+
+
+def test_demo_ctrl_c_saves_and_resumes(world, tmp_path):
+    log, out, script, stopped = start_and_stop(world, tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT))  # Ctrl-C: the whole group
+    assert 'stopped by SIGINT' in log
     # run again with a nearer end: it resumes from the saved epoch and finishes
     r = subprocess.run([sys.executable, str(script), str(world), str(out), str(stopped + 1)], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -50,6 +58,11 @@ def test_demo_ctrl_c_saves_and_resumes(world, tmp_path):
     m = json.loads((out / 'metrics.json').read_text())
     assert m['epochs'] == stopped + 1 and m['procs'] == 2
     assert [h['epoch'] for h in load_checkpoint(out / 'last.pt')['history']] == list(range(1, stopped + 2))
+
+
+def test_demo_sigterm_to_the_demo_alone_reaches_the_workers(world, tmp_path):
+    log, *_ = start_and_stop(world, tmp_path, lambda p: p.send_signal(signal.SIGTERM))  # `kill PID`: the demo process only
+    assert 'stopped by SIGTERM' in log
 
 
 def test_demo_worker_failure_is_a_clear_error(world, tmp_path):
