@@ -70,8 +70,8 @@ def compute_distance(qf, # (Q, D) query features, NumPy or torch, on any device
     g2, out = (gf * gf).sum(1), np.empty((len(qf), len(gf)), np.float32)
     for s in range(0, len(qf), chunk_size):
         q = qf[s:s + chunk_size].to(gf.device)
-        sim = q @ gf.T  # (chunk, G)
-        d = 1 - sim if metric == 'cosine' else ((q * q).sum(1, keepdim=True) + g2 - 2 * sim).clamp_min_(0).sqrt_()
+        if metric == 'cosine': d = (q @ gf.T).neg_().add_(1)  # 1 - cos, in place: one (chunk, G) block
+        else: d = ((q * q).sum(1, keepdim=True) + g2).addmm_(q, gf.T, alpha=-2).clamp_min_(0).sqrt_()  # ‖q‖² + ‖g‖² − 2 q·g
         out[s:s + len(q)] = d.cpu().numpy()
     return out
 
