@@ -20,7 +20,7 @@ __all__ = ['IMG_EXTS', 'MEAN', 'STD', 'CUHK03_SOURCE', 'CUHK03_LAYOUT', 'DATASET
            'BadImageError', 'parse_pid_cam', 'list_images', 'read_split', 'relabel', 'split_stats', 'ReIDData',
            'stats_table', 'PidCamFolders', 'Market1501', 'DukeMTMCreID', 'SyntheticWorld', 'cuhk03_name',
            'parse_cuhk03_name', 'find_cuhk03_mat', 'extract_cuhk03', 'load_new_protocol', 'CUHK03', 'get_dataset',
-           'read_image', 'check_images', 'ReIDDataset', 'IdentitySampler', 'build_test_loader', 'build_train_loader',
+           'read_image', 'check_images', 'ReIDDataset', 'ReIDSampler', 'build_test_loader', 'build_train_loader',
            'denormalise', 'data_cli']
 
 # %% ../nbs/06_data.ipynb #0902c9c3
@@ -366,30 +366,64 @@ def __getitem__(self:ReIDDataset, i:int):
     if self.train and self.flip and torch.rand(()) < 0.5: x = x.flip(-1)
     return (x - self.mean) / self.std, pid, camid
 
-# %% ../nbs/06_data.ipynb #d3c0552b
-class IdentitySampler(Sampler):
-    "Indices in batches of P identities × K images each."
-    def __init__(self,
-                 pids:Sequence[int], # the pid of every item of the dataset
-                 batch_size:int=32, # P·K
-                 num_instances:int=4, # K, images per identity in a batch
-                 seed:int=0, # base seed; epoch e uses seed + e
+# %% ../nbs/06_data.ipynb #c6ea4f66
+class ReIDSampler(Sampler):
+    "Indices of one epoch, a pure function of (seed, epoch): shuffled or identity-balanced, sliced per process."
+    def __init__(self, pids:list, # identity of every training image
+                 batch_size:int=32, # images per optimiser step, over all processes
+                 mode:str='random', # 'random' or 'identity'
+                 num_instances:int=4, # images per identity per batch ('identity' mode)
+                 seed:int=0, rank:int=0, world_size:int=1, # this process and how many share a batch
                 ):
-        if batch_size % num_instances: raise ValueError(f"batch_size ({batch_size}) must be a multiple of num_instances ({num_instances})")
-        self.by_pid = defaultdict(list)
-        for i, p in enumerate(pids): self.by_pid[p].append(i)
-        self.ids, self.P, self.K = sorted(self.by_pid), batch_size // num_instances, num_instances
-        if len(self.ids) < self.P: raise ValueError(f"{len(self.ids)} identities cannot fill batches of P={self.P} identities × K={self.K}")
-        self.n_batches, self.seed, self.epoch = max(1, len(pids) // batch_size), seed, 0
-    def set_epoch(self, epoch:int): self.epoch = epoch
-    def __len__(self): return self.n_batches * self.P * self.K
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        for _ in range(self.n_batches):
-            for j in torch.randperm(len(self.ids), generator=g)[:self.P].tolist():
-                idx = self.by_pid[self.ids[j]]; n = len(idx)
-                pick = torch.randperm(n, generator=g)[:self.K] if n >= self.K else torch.randint(0, n, (self.K,), generator=g)
-                yield from (idx[k] for k in pick.tolist())
+        if mode not in ('random', 'identity'): raise ValueError(f"unknown sampler {mode!r}: use 'random' or 'identity'")
+        if batch_size % world_size: raise ValueError(f"batch_size {batch_size} does not split over {world_size} processes; use a multiple of {world_size}")
+        if mode == 'identity' and batch_size % num_instances:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of num_instances {num_instances}")
+        self.pids, self.bs, self.mode, self.k = list(pids), batch_size, mode, num_instances
+        if mode == 'identity' and len(set(self.pids)) < batch_size // num_instances:
+            raise ValueError(f"{len(set(self.pids))} identities cannot fill batches of P={batch_size // num_instances} identities x K={num_instances}")
+        self.seed, self.rank, self.ws, self.epoch, self.skip = seed, rank, world_size, 0, 0
+
+    def set_epoch(self, epoch:int, skip:int=0):
+        "Use epoch `epoch`'s order and leave out its first `skip` batches."
+        self.epoch, self.skip = epoch, skip
+
+    def _gen(self): return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+# %% ../nbs/06_data.ipynb #a69ae7d4
+@patch
+def _identity_order(self:ReIDSampler, g:torch.Generator) -> list:
+    "Batches of P distinct identities x K images each."
+    by_pid = {}
+    for i, p in enumerate(self.pids): by_pid.setdefault(p, []).append(i)
+    groups = {}
+    for p, idx in sorted(by_pid.items()):
+        idx = [idx[j] for j in torch.randperm(len(idx), generator=g)]
+        if len(idx) < self.k: idx += [idx[j] for j in torch.randint(len(idx), (self.k - len(idx),), generator=g)]
+        groups[p] = [idx[j:j + self.k] for j in range(0, len(idx) - self.k + 1, self.k)]
+    order, P = [], self.bs // self.k
+    avail = [p for p in groups if groups[p]]
+    while len(avail) >= P:
+        for j in torch.randperm(len(avail), generator=g)[:P].tolist(): order += groups[avail[j]].pop()
+        avail = [p for p in avail if groups[p]]
+    return order
+
+# %% ../nbs/06_data.ipynb #bbfb6c06
+@patch
+def order(self:ReIDSampler) -> list:
+    "The global order of this epoch (all processes), cut to whole batches."
+    g = self._gen()
+    o = torch.randperm(len(self.pids), generator=g).tolist() if self.mode == 'random' else self._identity_order(g)
+    return o[:len(o) // self.bs * self.bs]
+
+@patch
+def __iter__(self:ReIDSampler):
+    o, b = self.order(), self.bs // self.ws  # b: this process's share of a batch
+    mine = [i for s in range(0, len(o), self.bs) for i in o[s + self.rank * b: s + (self.rank + 1) * b]]
+    return iter(mine[self.skip * b:])
+
+@patch
+def __len__(self:ReIDSampler): return max(len(self.order()) // self.bs - self.skip, 0) * (self.bs // self.ws)
 
 # %% ../nbs/06_data.ipynb #bca34fc4
 def _loader_kw(workers, pin_memory):
@@ -425,7 +459,7 @@ def build_train_loader(records:Sequence, # training records, pids 0..n−1
                       ) -> DataLoader:
     "A training loader: shuffled (or identity-balanced, or the caller's sampler), optionally augmented."
     ds = ReIDDataset(records, height, width, train=True, flip=flip, random_crop=random_crop, **kwargs)
-    if sampler == 'identity': sampler = IdentitySampler(ds.pids, batch_size, num_instances, seed)
+    if sampler == 'identity': sampler = ReIDSampler(ds.pids, batch_size, 'identity', num_instances, seed)
     elif sampler == 'random': sampler = None
     elif isinstance(sampler, str): raise ValueError(f"sampler must be 'random', 'identity', a Sampler or a function, not {sampler!r}")
     elif not isinstance(sampler, Sampler): sampler = sampler(ds)

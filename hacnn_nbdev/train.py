@@ -19,15 +19,15 @@ from fastcore.script import call_parse
 from tqdm.auto import tqdm
 from .core import seed_everything, default_device, save_checkpoint, load_checkpoint, CheckpointError
 from .model import HACNN
-from .data import get_dataset, ReIDDataset, MEAN, STD
+from .data import get_dataset, ReIDDataset, ReIDSampler, MEAN, STD
 from .metrics import compute_distance, evaluate_rank
 from .evaluate import extract_features
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'RESUMABLE_CHANGES', 'parse_widths', 'TrainConfig', 'hacnn_loss', 'make_optimizer', 'make_scheduler',
-           'ReIDSampler', 'flip_batch', 'get_rng_state', 'set_rng_state', 'precision', 'autocast', 'DistInfo',
-           'init_distributed', 'StopFlag', 'TrainError', 'NonFiniteLossError', 'Trainer', 'train', 'read_history',
-           'plot_history', 'train_cli']
+           'flip_batch', 'get_rng_state', 'set_rng_state', 'precision', 'autocast', 'DistInfo', 'init_distributed',
+           'StopFlag', 'TrainError', 'NonFiniteLossError', 'Trainer', 'train', 'read_history', 'plot_history',
+           'train_cli']
 
 # %% ../nbs/09_train.ipynb #2e0fb094
 def parse_widths(w:str|tuple|list, # '32,64,96' or (32, 64, 96)
@@ -122,63 +122,6 @@ def make_scheduler(opt:torch.optim.Optimizer, # the optimiser whose lr is schedu
     if cfg.schedule == 'step': return S.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.schedule == 'cosine': return S.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'constant', 'step' or 'cosine'")
-
-# %% ../nbs/09_train.ipynb #0aedf754
-class ReIDSampler(Sampler):
-    "Indices of one epoch, a pure function of (seed, epoch): shuffled or identity-balanced, sliced per process."
-    def __init__(self, pids:list, # identity of every training image
-                 batch_size:int=32, # images per optimiser step, over all processes
-                 mode:str='random', # 'random' or 'identity'
-                 num_instances:int=4, # images per identity per batch ('identity' mode)
-                 seed:int=0, rank:int=0, world_size:int=1, # this process and how many share a batch
-                ):
-        if mode not in ('random', 'identity'): raise ValueError(f"unknown sampler {mode!r}: use 'random' or 'identity'")
-        if batch_size % world_size: raise ValueError(f"batch_size {batch_size} does not split over {world_size} processes; use a multiple of {world_size}")
-        if mode == 'identity' and batch_size % num_instances:
-            raise ValueError(f"batch_size {batch_size} is not a multiple of num_instances {num_instances}")
-        self.pids, self.bs, self.mode, self.k = list(pids), batch_size, mode, num_instances
-        self.seed, self.rank, self.ws, self.epoch, self.skip = seed, rank, world_size, 0, 0
-
-    def set_epoch(self, epoch:int, skip:int=0):
-        "Use epoch `epoch`'s order and leave out its first `skip` batches."
-        self.epoch, self.skip = epoch, skip
-
-    def _gen(self): return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-
-# %% ../nbs/09_train.ipynb #9a275158
-@patch
-def _identity_order(self:ReIDSampler, g:torch.Generator) -> list:
-    "Batches of P distinct identities x K images each."
-    by_pid = {}
-    for i, p in enumerate(self.pids): by_pid.setdefault(p, []).append(i)
-    groups = {}
-    for p, idx in sorted(by_pid.items()):
-        idx = [idx[j] for j in torch.randperm(len(idx), generator=g)]
-        if len(idx) < self.k: idx += [idx[j] for j in torch.randint(len(idx), (self.k - len(idx),), generator=g)]
-        groups[p] = [idx[j:j + self.k] for j in range(0, len(idx) - self.k + 1, self.k)]
-    order, P = [], self.bs // self.k
-    avail = [p for p in groups if groups[p]]
-    while len(avail) >= P:
-        for j in torch.randperm(len(avail), generator=g)[:P].tolist(): order += groups[avail[j]].pop()
-        avail = [p for p in avail if groups[p]]
-    return order
-
-# %% ../nbs/09_train.ipynb #c64c3c8d
-@patch
-def order(self:ReIDSampler) -> list:
-    "The global order of this epoch (all processes), cut to whole batches."
-    g = self._gen()
-    o = torch.randperm(len(self.pids), generator=g).tolist() if self.mode == 'random' else self._identity_order(g)
-    return o[:len(o) // self.bs * self.bs]
-
-@patch
-def __iter__(self:ReIDSampler):
-    o, b = self.order(), self.bs // self.ws  # b: this process's share of a batch
-    mine = [i for s in range(0, len(o), self.bs) for i in o[s + self.rank * b: s + (self.rank + 1) * b]]
-    return iter(mine[self.skip * b:])
-
-@patch
-def __len__(self:ReIDSampler): return max(len(self.order()) // self.bs - self.skip, 0) * (self.bs // self.ws)
 
 # %% ../nbs/09_train.ipynb #a4753f37
 def flip_batch(x:torch.Tensor, # (N, C, H, W) images

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from hacnn_nbdev.data import (MEAN, STD, CUHK03, BadFileNameError, BadImageError, DatasetNotFoundError, DukeMTMCreID,
-                              IdentitySampler, Market1501, ReIDDataset, SyntheticWorld, build_test_loader,
+                              ReIDSampler, Market1501, ReIDDataset, SyntheticWorld, build_test_loader,
                               build_train_loader, data_cli, extract_cuhk03, get_dataset, stats_table)
 
 
@@ -261,15 +261,17 @@ def test_corrupt_image_raise_and_skip(tmp_path):
 
 def test_identity_sampler():
     pids = [p for p in range(10) for _ in range(p % 3 + 1)]                   # 1 to 3 images per person
-    s = IdentitySampler(pids, batch_size=12, num_instances=3, seed=5)
+    s = ReIDSampler(pids, batch_size=12, mode='identity', num_instances=3, seed=5)
     idx = list(s)
-    assert len(idx) == len(s) == (len(pids) // 12) * 12
+    assert len(idx) == len(s) and len(idx) % 12 == 0 and len(idx) >= 12
     for b in range(0, len(idx), 12):
         batch = [pids[i] for i in idx[b:b + 12]]
         assert len(set(batch)) == 4 and all(batch.count(p) == 3 for p in set(batch))
-    assert idx == list(IdentitySampler(pids, 12, 3, seed=5))
-    with pytest.raises(ValueError, match='cannot fill'): IdentitySampler([0, 0, 1, 1], batch_size=12, num_instances=3)
-    with pytest.raises(ValueError, match='multiple'): IdentitySampler(pids, batch_size=10, num_instances=3)
+    assert idx == list(ReIDSampler(pids, 12, 'identity', 3, seed=5))
+    s.set_epoch(1); assert list(s) != idx
+    with pytest.raises(ValueError, match='cannot fill'): ReIDSampler([0, 0, 1, 1], batch_size=12, mode='identity', num_instances=3)
+    with pytest.raises(ValueError, match='multiple'): ReIDSampler(pids, batch_size=10, mode='identity', num_instances=3)
+    with pytest.raises(ValueError, match="'random' or 'identity'"): ReIDSampler(pids, mode='balanced')
 
 
 def test_loaders(tmp_path):
