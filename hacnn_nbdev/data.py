@@ -5,7 +5,6 @@
 # %% ../nbs/06_data.ipynb #da47cbed
 from __future__ import annotations
 import re, warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from fastcore.basics import patch
 from fastcore.script import call_parse
 from tqdm.auto import tqdm
