@@ -13,8 +13,8 @@ from .data import SyntheticWorld, stats_table
 
 # %% auto #0
 __all__ = ['PALETTE', 'SKIN', 'HAIR', 'SIBLING_DETAILS', 'VIEWS', 'SPLIT_DIRS', 'GENERATOR', 'sample_identity', 'make_sibling',
-           'sample_camera', 'sample_detection', 'render', 'plan_world', 'render_image', 'detection', 'make_world',
-           'colour_histograms', 'histogram_distances', 'synth_cli']
+           'sample_camera', 'sample_detection', 'render', 'plan_world', 'sample_passer_by', 'passers_by',
+           'render_image', 'detection', 'make_world', 'colour_histograms', 'histogram_distances', 'synth_cli']
 
 # %% ../nbs/07_synthetic.ipynb #718b5c67
 PALETTE = np.array([[20, 20, 22], [235, 235, 230], [128, 128, 128], [30, 40, 90], [40, 90, 190], [120, 170, 225],
@@ -218,18 +218,10 @@ def _camera(img, cam, u, rng):
     return np.clip(arr + .5, 0, 255).astype(np.uint8)
 
 # %% ../nbs/07_synthetic.ipynb #1a1a57b6
-def render(p:dict, # an identity (`sample_identity`)
-           cam:dict, # a camera (`sample_camera`)
-           view:int, # 0 front, 1 back, 2 left, 3 right (see `VIEWS`)
-           det:dict, # the detection box (`sample_detection`)
-           rng:np.random.Generator, # the image's generator (clutter, noise)
-           height:int=128, width:int=64, # image size (Market-1501's)
-           clutter:float=1.0, # scale of the number of background objects
-          ) -> np.ndarray:
-    "One detection of person `p` by camera `cam`: a (height, width, 3) uint8 image."
-    v = ((np.arange(height, dtype=np.float32) + .5) / height)[:, None]; u = ((np.arange(width, dtype=np.float32) + .5) / width)[None, :]
-    img = _background(cam, v, u, rng, clutter); bg = img.copy()
-    y, x = (v - det['top']) / det['scale'], (u - det['cx']) * (width / height) / det['scale']
+def _person(img, p, view, det, v, u, aspect):
+    "Draw person `p` seen in `view` where `det` puts it, over what `img` already holds."
+    bg = img.copy()
+    y, x = (v - det['top']) / det['scale'], (u - det['cx']) * aspect / det['scale']
     if view == 3: x = -x                                                # the right view mirrors the left
     g, tint, side = _geometry(p), p['tint'], view >= 2
     _bag(img, p, g, y, x, view, False, tint)
@@ -239,8 +231,24 @@ def render(p:dict, # an identity (`sample_identity`)
     _head(img, p, g, y, x, view, tint)
     person = (img != bg).any(-1)
     img[person] *= np.broadcast_to(1 - .3 * np.clip(x / (.2 * p['width']), -1, 1) ** 2, person.shape)[person][:, None]  # round body
+
+def render(p:dict, # an identity (`sample_identity`)
+           cam:dict, # a camera (`sample_camera`)
+           view:int, # 0 front, 1 back, 2 left, 3 right (see `VIEWS`)
+           det:dict, # the detection box (`sample_detection`)
+           rng:np.random.Generator, # the image's generator (clutter, noise)
+           height:int=128, width:int=64, # image size (Market-1501's)
+           clutter:float=1.0, # scale of the number of background objects
+           others:tuple=(), # passers-by drawn behind the person: (identity, view, det) triples (`sample_passer_by`)
+          ) -> np.ndarray:
+    "One detection of person `p` by camera `cam`: a (height, width, 3) uint8 image."
+    v = ((np.arange(height, dtype=np.float32) + .5) / height)[:, None]; u = ((np.arange(width, dtype=np.float32) + .5) / width)[None, :]
+    img = _background(cam, v, u, rng, clutter)
+    for o in others: _person(img, *o, v, u, width / height)
+    _person(img, p, view, det, v, u, width / height)
     if det['occ'] != 'none': _occlude(img, det, v, u)
     return _camera(img, cam, u, rng)
+
 
 # %% ../nbs/07_synthetic.ipynb #50840bf6
 def _split_counts(rng, n:int, n_cameras:int) -> dict:
@@ -305,6 +313,26 @@ def _distractors(seed, n_ids, n, cams, frame) -> list[dict]:
                         name=f'0000_c{cam + 1}s1_{frame[cam]:06d}_00.jpg', seed=[seed, 5, i], person=sample_identity(rng)))
     return out
 
+# %% ../nbs/07_synthetic.ipynb #a1b2c3d4
+def sample_passer_by(rng:np.random.Generator, # the image's crowd generator
+                     det:dict, # the detection of the person the box is about
+                    ) -> tuple: # (identity, view, det) of someone else, partly inside the box
+    "Another pedestrian beside the detected one (Sec. 1's clutter that global pooling cannot tell apart): a random identity, a little off in height and size."
+    side, off = float(rng.choice([-1, 1])), rng.uniform(.35, .6)       # centre to centre, in box widths
+    d = dict(top=det['top'] + rng.normal(0, .04), cx=det['cx'] + side * off, scale=det['scale'] * np.exp(rng.normal(0, .08)),
+             trunc='none', occ='none', stride=rng.uniform(-1, 1))
+    return sample_identity(rng), int(rng.integers(4)), {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
+
+def passers_by(world:dict, # from `plan_world`
+               i:int, # index into world['images']
+               det:dict, # the image's detection
+               crowd:float, # probability of a passer-by
+              ) -> tuple: # `render`'s `others`: () or one (identity, view, det)
+    "The passer-by of planned image `i`, from its own generator: worlds that differ only in `crowd` share every other pixel."
+    rng = np.random.default_rng(world['images'][i]['seed'] + [2])
+    return (sample_passer_by(rng, det),) if rng.random() < crowd else ()
+
+
 # %% ../nbs/07_synthetic.ipynb #d1dc7229
 SPLIT_DIRS = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
 GENERATOR = 'hacnn_nbdev.synthetic/2'  # bumped whenever the same options would draw different pixels
@@ -313,12 +341,14 @@ def render_image(world:dict, # from `plan_world`
                  i:int, # index into world['images']
                  jitter:float=1.0, occlusion:float=0.1, # detector errors (see `sample_detection`)
                  clutter:float=1.0, height:int=128, width:int=64, # see `render`
+                 crowd:float=0.0, # probability of a passer-by in the box (`sample_passer_by`)
                 ) -> np.ndarray:
     "The pixels of planned image `i`: (height, width, 3) uint8."
     im = world['images'][i]
     det = sample_detection(np.random.default_rng(im['seed'] + [0]), jitter, occlusion)
     person = im.get('person') or world['people'][im['pid']]
-    return render(person, world['cameras'][im['cam']], im['view'], det, np.random.default_rng(im['seed'] + [1]), height, width, clutter)
+    others = passers_by(world, i, det, crowd)
+    return render(person, world['cameras'][im['cam']], im['view'], det, np.random.default_rng(im['seed'] + [1]), height, width, clutter, others)
 
 def _render_chunk(args):
     world, idx, kw = args
@@ -362,6 +392,7 @@ def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 lay
                blur:float=1.0, # optical blur scale
                cast:float=0.5, # camera colour cast and illumination scale
                sibling_frac:float=0.05, # identities that differ from another in one local detail
+               crowd:float=0.5, # probability that a passer-by stands partly in the box, behind the person
                n_distractors:int|None=None, # pid-0 gallery images (`None`: n_ids // 2)
                height:int=128, width:int=64, # image size (Market-1501: 128×64)
                quality:int=90, # JPEG quality
@@ -370,7 +401,7 @@ def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 lay
               ) -> dict:
     "Generate a synthetic re-id world into `root`; return its summary (parameters, counts, seconds)."
     params = json.loads(json.dumps(dict(seed=seed, n_ids=n_ids, imgs_per_id=list(imgs_per_id), n_cameras=n_cameras, jitter=jitter,
-        occlusion=occlusion, clutter=clutter, noise=noise, blur=blur, cast=cast, sibling_frac=sibling_frac,
+        occlusion=occlusion, clutter=clutter, noise=noise, blur=blur, cast=cast, sibling_frac=sibling_frac, crowd=crowd,
         n_distractors=n_distractors, height=height, width=width, quality=quality)))
     root, t0 = Path(root), time.time()
     if (root/'world.json').is_file() and not overwrite:
@@ -378,7 +409,7 @@ def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 lay
         if old.get('params') == params and old.get('format') == GENERATOR: return {**old, 'seconds': 0.0, 'reused': True}
     _prepare_root(root)
     world = plan_world(seed, n_ids, tuple(imgs_per_id), n_cameras, jitter, occlusion, sibling_frac, n_distractors, noise, blur, cast)
-    kw = dict(jitter=jitter, occlusion=occlusion, clutter=clutter, height=height, width=width)
+    kw = dict(jitter=jitter, occlusion=occlusion, clutter=clutter, height=height, width=width, crowd=crowd)
     for im, arr in zip(world['images'], _render_all(world, kw, workers)):
         Image.fromarray(arr).save(root/SPLIT_DIRS[im['split']]/im['name'], quality=quality)
     summary = _write_meta(root, world, params, jitter, occlusion)
@@ -437,6 +468,7 @@ def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
               blur:float=1.0, # optical blur
               cast:float=0.5, # camera colour cast and illumination changes
               sibling_frac:float=0.05, # identities differing from another in one local detail
+              crowd:float=0.5, # probability of a passer-by partly in the box (0: none)
               n_distractors:int=None, # pid-0 gallery images (default n_ids // 2)
               height:int=128, # image height
               width:int=64, # image width
@@ -446,7 +478,7 @@ def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
     "Generate the synthetic re-id world and print its statistics."
     workers = workers or min(os.cpu_count() or 1, 4)
     s = make_world(root, seed, n_ids, (imgs_min, imgs_max), n_cameras, jitter, occlusion, clutter, noise, blur, cast,
-                   sibling_frac, n_distractors, height, width, workers=workers, overwrite=overwrite)
+                   sibling_frac, crowd, n_distractors, height, width, workers=workers, overwrite=overwrite)
     n = sum(s['counts'].values())
     msg = 'already there with the same options: reused' if s['reused'] else f"wrote {n} images in {s['seconds']:.1f} s"
     print(f'{root}: {msg}')

@@ -24,10 +24,10 @@ from .metrics import compute_distance, evaluate_rank
 from .evaluate import extract_features
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RESUMABLE_CHANGES', 'parse_widths', 'TrainConfig', 'hacnn_loss', 'make_optimizer', 'make_scheduler',
-           'flip_batch', 'get_rng_state', 'set_rng_state', 'precision', 'autocast', 'DistInfo', 'init_distributed',
-           'StopFlag', 'TrainError', 'NonFiniteLossError', 'Trainer', 'train', 'read_history', 'plot_history',
-           'train_cli']
+__all__ = ['CKPT_FORMAT', 'RESUMABLE_CHANGES', 'parse_widths', 'TrainConfig', 'hacnn_loss', 'param_groups', 'make_optimizer',
+           'make_scheduler', 'flip_batch', 'get_rng_state', 'set_rng_state', 'precision', 'autocast', 'DistInfo',
+           'init_distributed', 'StopFlag', 'TrainError', 'NonFiniteLossError', 'Trainer', 'train', 'read_history',
+           'plot_history', 'train_cli']
 
 # %% ../nbs/09_train.ipynb #2e0fb094
 def parse_widths(w:str|tuple|list, # '32,64,96' or (32, 64, 96)
@@ -47,6 +47,7 @@ class TrainConfig:
     batch_size:int=32       # images per optimiser step, over all processes (Sec. 4: 32)
     optimizer:str='adam'    # 'adam' (Sec. 4) or 'sgd' (momentum 0.9, Nesterov)
     lr:float=None           # learning rate; None gives 5e-4 for Adam (Sec. 4) and 0.05 for SGD
+    theta_lr_mult:float=1.0 # learning-rate factor of the hard-attention FCs that predict Eq. 5's (t_x, t_y); 1: the paper's
     weight_decay:float=0.0  # L2 weight decay (the paper mentions none)
     schedule:str='constant' # 'constant' (Sec. 4), 'step' (x gamma every step_size epochs) or 'cosine'
     step_size:int=40        # epochs between learning-rate drops of the 'step' schedule
@@ -105,7 +106,17 @@ def hacnn_loss(global_logits:torch.Tensor, # (N, num_classes) from the global br
     return lg + ll, parts
 
 # %% ../nbs/09_train.ipynb #ec7ae358
-def make_optimizer(params, # the model's parameters
+def param_groups(model:nn.Module, # the network
+                 cfg:TrainConfig, # theta_lr_mult, base_lr
+                ) -> list:
+    "The model's parameters; the hard-attention FCs (names `*.hard.fc.*`) in a group of their own if `theta_lr_mult` != 1."
+    if cfg.theta_lr_mult == 1: return list(model.parameters())   # one group: checkpoints of earlier runs still load
+    theta = [p for n, p in model.named_parameters() if '.hard.fc.' in n]
+    ids = {id(p) for p in theta}
+    return [dict(params=[p for p in model.parameters() if id(p) not in ids]),
+            dict(params=theta, lr=cfg.base_lr * cfg.theta_lr_mult)]
+
+def make_optimizer(params, # the model's parameters, or groups of them (`param_groups`)
                    cfg:TrainConfig, # optimizer, lr, weight_decay
                   ) -> torch.optim.Optimizer:
     "Adam(lr, betas=(0.9, 0.999)) as in Sec. 4, or SGD with Nesterov momentum 0.9."
@@ -306,7 +317,7 @@ def build(self:Trainer, ck:dict|None):
     seed_everything(c.seed + self.dist.rank)
     self.model = HACNN(**c.model_kwargs(self.num_classes)).to(self.device, memory_format=torch.channels_last)
     if self.device.type == 'cuda': torch.backends.cudnn.benchmark = True
-    self.opt = make_optimizer(self.model.parameters(), c)
+    self.opt = make_optimizer(param_groups(self.model, c), c)
     self.sched = make_scheduler(self.opt, c)
     if ck is not None: self.load_state(ck)
     self.net = self.model
@@ -520,6 +531,7 @@ def train_cli(root:str=None, # dataset folder (e.g. data/market1501, data/synthe
               batch_size:int=32, # images per step over all processes (Sec. 4: 32)
               optimizer:str='adam', # adam (Sec. 4: betas 0.9, 0.999) or sgd (Nesterov momentum 0.9)
               lr:float=None, # learning rate (default: 5e-4 for adam as in Sec. 4, 0.05 for sgd)
+              theta_lr_mult:float=1.0, # learning-rate factor of the hard-attention FCs (Eq. 5's region positions)
               weight_decay:float=0.0, # L2 weight decay
               schedule:str='constant', # constant (Sec. 4), step or cosine
               step_size:int=40, # epochs between drops of the step schedule

@@ -8,7 +8,7 @@ from PIL import Image
 
 from hacnn_nbdev.data import Market1501, SyntheticWorld
 from hacnn_nbdev.synthetic import (GENERATOR, SIBLING_DETAILS, colour_histograms, histogram_distances, make_sibling, make_world, synth_cli,
-                                   plan_world, render_image, sample_identity)
+                                   detection, passers_by, plan_world, render_image, sample_identity)
 
 SMALL = dict(n_ids=12, imgs_per_id=(4, 7), n_distractors=5)
 NAME = re.compile(r'^(\d{4})_c(\d)s1_(\d{6})_(\d{2})\.jpg$')
@@ -106,6 +106,23 @@ def test_jitter_changes_only_the_boxes(tmp_path):
     assert {r['truncation'] for r in ra} == {'none'} and len({r['truncation'] for r in rb}) > 1
     i = next(k for k, im in enumerate(w['images']) if im['split'] == 'train')
     assert not np.array_equal(render_image(w, i, jitter=0), render_image(w, i, jitter=2))
+
+
+def test_crowd_adds_a_passer_by_and_nothing_else():
+    w = plan_world(seed=2, n_ids=16, imgs_per_id=(4, 6))
+    n = len(w['images'])
+    some = [passers_by(w, i, detection(w, i), .5) for i in range(n)]
+    assert 0.3 * n < sum(len(o) == 1 for o in some) < 0.7 * n                  # about half the boxes at crowd 0.5
+    assert all(len(passers_by(w, i, detection(w, i), 1.)) == 1 and not passers_by(w, i, detection(w, i), 0.) for i in range(n))
+    with_p = [i for i in range(n) if some[i]]; without = [i for i in range(n) if not some[i]]
+    for i in without[:5]:                                                       # no passer-by drawn: the very same pixels
+        assert np.array_equal(render_image(w, i, crowd=.5), render_image(w, i, crowd=0.))
+    for i in with_p:
+        ident, view, det = some[i][0]
+        assert set(ident) == set(w['people'][1]) and view in range(4) and det['occ'] == 'none'
+        assert .35 <= abs(det['cx'] - detection(w, i)['cx']) <= .6               # beside the person
+        if abs(det['cx'] - .5) < .55 and detection(w, i)['occ'] == 'none':      # its body reaches into an unoccluded box: other pixels
+            assert not np.array_equal(render_image(w, i, crowd=.5), render_image(w, i, crowd=0.))
 
 
 def test_image_size_and_cameras(tmp_path):

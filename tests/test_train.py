@@ -236,3 +236,22 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(world, tmp_path):
     assert [h['images'] for h in hist] == [32, 32]
     ck = torch.load(out / 'last.pt', weights_only=True)
     assert ck['world_size'] == 2 and len(ck['rng']['ranks']) == 2
+
+
+# ---- the hard-attention FCs' own learning rate -----------------------------------------------------------
+
+def test_theta_lr_mult_groups_and_resume(world, tmp_path):
+    from hacnn_nbdev.model import HACNN
+    cfg = T.TrainConfig(theta_lr_mult=10, widths='16,32,48')
+    m = HACNN(**cfg.model_kwargs(6)); names = {id(p): n for n, p in m.named_parameters()}
+    g = T.param_groups(m, cfg)
+    assert {names[id(p)] for p in g[1]['params']} == {n for n in names.values() if '.hard.fc.' in n}
+    assert len(g[1]['params']) == 6 and len(g[0]['params']) + 6 == len(names)          # 3 levels x (weight, bias); nothing lost
+    assert [pg['lr'] for pg in T.make_optimizer(g, cfg).param_groups] == pytest.approx([5e-4, 5e-3])
+    assert len(T.param_groups(m, T.TrainConfig())) == len(names)                         # factor 1: the paper's single group
+    T.train(root=world, out=tmp_path / 'straight', epochs=2, theta_lr_mult=10, **TINY)
+    T.train(root=world, out=tmp_path / 'resumed', epochs=1, theta_lr_mult=10, **TINY)
+    T.train(root=world, out=tmp_path / 'resumed', epochs=2, resume=True, theta_lr_mult=10, **TINY)
+    a, b = (torch.load(tmp_path / r / 'last.pt', weights_only=True) for r in ('straight', 'resumed'))
+    assert_same(a['model'], b['model'])
+    assert [pg['lr'] for pg in b['optimizer']['param_groups']] == pytest.approx([5e-4, 5e-3])   # the group survives the resume
