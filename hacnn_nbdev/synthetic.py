@@ -392,7 +392,7 @@ def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 lay
                blur:float=1.0, # optical blur scale
                cast:float=0.5, # camera colour cast and illumination scale
                sibling_frac:float=0.05, # identities that differ from another in one local detail
-               crowd:float=0.5, # probability that a passer-by stands partly in the box, behind the person
+               crowd:float=0.0, # probability that a passer-by stands partly in the box, behind the person
                n_distractors:int|None=None, # pid-0 gallery images (`None`: n_ids // 2)
                height:int=128, width:int=64, # image size (Market-1501: 128×64)
                quality:int=90, # JPEG quality
@@ -468,7 +468,7 @@ def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
               blur:float=1.0, # optical blur
               cast:float=0.5, # camera colour cast and illumination changes
               sibling_frac:float=0.05, # identities differing from another in one local detail
-              crowd:float=0.5, # probability of a passer-by partly in the box (0: none)
+              crowd:float=0.0, # probability of a passer-by partly in the box (0: none)
               n_distractors:int=None, # pid-0 gallery images (default n_ids // 2)
               height:int=128, # image height
               width:int=64, # image width

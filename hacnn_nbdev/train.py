@@ -110,8 +110,8 @@ def param_groups(model:nn.Module, # the network
                  cfg:TrainConfig, # theta_lr_mult, base_lr
                 ) -> list:
     "The model's parameters; the hard-attention FCs (names `*.hard.fc.*`) in a group of their own if `theta_lr_mult` != 1."
-    if cfg.theta_lr_mult == 1: return list(model.parameters())   # one group: checkpoints of earlier runs still load
-    theta = [p for n, p in model.named_parameters() if '.hard.fc.' in n]
+    theta = [p for n, p in model.named_parameters() if '.hard.fc.' in n]   # none when the regions are fixed stripes
+    if cfg.theta_lr_mult == 1 or not theta: return list(model.parameters())   # one group: checkpoints of earlier runs still load
     ids = {id(p) for p in theta}
     return [dict(params=[p for p in model.parameters() if id(p) not in ids]),
             dict(params=theta, lr=cfg.base_lr * cfg.theta_lr_mult)]

@@ -1,0 +1,64 @@
+"""Does attention pay for itself at the CPU demo's scale? The demo (its network, recipe and two DDP
+processes) against the same run with every attention switched off (Table 5's "No attention": no soft
+spatial or channel attention, fixed horizontal stripes instead of learned regions), on synthetic worlds
+that differ in the detector's misalignment, over seeds. Each run is a full `hacnn_nbdev.demo.demo`
+(~7.5 min on a 2-core machine); a run folder that already holds a finished run is scored, not trained
+again, so the script can be stopped and started. Writes every run's rank-1 / mAP / mINP and a table of
+the means to `--json`.
+
+    .venv/bin/python benchmarks/demo_ablation.py --json benchmarks/results/demo_ablation.json       # all runs
+    .venv/bin/python benchmarks/demo_ablation.py --only default_ha_s0,default_none_s0              # some runs
+"""
+from __future__ import annotations
+import argparse, json, os, platform, time
+from pathlib import Path
+from statistics import mean
+from hacnn_nbdev.demo import DEMO_RECIPE, DEMO_WORLD, demo
+
+OFF = dict(spatial_attention=False, channel_attention=False, hard_attention=False)
+WORLDS = {'default': dict(DEMO_WORLD), 'jitter1.5': dict(DEMO_WORLD, jitter=1.5), 'jitter2': dict(DEMO_WORLD, jitter=2.0)}
+MODELS = {'ha': {},                              # the demo's recipe as it is
+          'none': dict(OFF, theta_lr_mult=1.0),  # no attention at all (and so no regions' FCs to speed up)
+          'ha_theta1': dict(theta_lr_mult=1.0)}  # the demo with the regions' FCs at the common learning rate
+RUNS = [f'{w}_{m}_s{s}' for w in ('default', 'jitter2') for m in ('ha', 'none') for s in (0, 1)] + \
+       ['jitter1.5_ha_s0', 'jitter1.5_none_s0', 'default_ha_theta1_s0', 'default_ha_theta1_s1', 'jitter2_ha_theta1_s0']
+
+
+def parse(name: str) -> tuple:
+    "'jitter2_ha_theta1_s0' -> ('jitter2', 'ha_theta1', 0)"
+    w, rest = name.split('_', 1); m, s = rest.rsplit('_s', 1)
+    if w not in WORLDS or m not in MODELS: raise SystemExit(f'unknown run {name!r}: expected <world>_<model>_s<seed> with world in {list(WORLDS)} and model in {list(MODELS)}')
+    return w, m, int(s)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--only', default=None, help='comma-separated run names (default: all of RUNS)')
+    ap.add_argument('--runs', default='runs/ablation', help='folder of the run folders (default runs/ablation)')
+    ap.add_argument('--worlds', default='data/ablation', help='folder of the worlds (default data/ablation)')
+    ap.add_argument('--json', default=None, help='write the results here (default: print only)')
+    a = ap.parse_args()
+    names = a.only.split(',') if a.only else RUNS
+    rows = {}
+    for name in names:
+        w, m, seed = parse(name); tic = time.perf_counter()
+        s = demo(Path(a.worlds) / w, Path(a.runs) / name, threads=2, seed=seed, world=WORLDS[w], progress=False,
+                 log=lambda msg: print(f'  {name}: {msg}', flush=True), **MODELS[m])
+        if s is None: raise SystemExit(f'{name} was stopped; run again to continue')
+        rows[name] = dict(world=w, model=m, seed=seed, rank1=s['rank1'], mAP=s['mAP'], mINP=s['mINP'],
+                          untrained_rank1=s['untrained']['rank1'], world_params=s['world'], procs=s['procs'],
+                          epochs=s['epochs'], seconds=round(time.perf_counter() - tic, 1))
+        print(f"{name}: rank-1 {s['rank1']:.3f}  mAP {s['mAP']:.3f}  mINP {s['mINP']:.3f}", flush=True)
+    table = ['| world | model | seeds | rank-1 | mAP | mINP |', '|---|---|---|---|---|---|']
+    for w in WORLDS:
+        for m in MODELS:
+            rs = [r for r in rows.values() if r['world'] == w and r['model'] == m]
+            if rs: table.append(f"| {w} | {m} | {','.join(str(r['seed']) for r in rs)} | " + ' | '.join(f'{mean(r[k] for r in rs):.3f}' for k in ('rank1', 'mAP', 'mINP')) + ' |')
+    print('\n'.join(table))
+    if a.json:
+        out = dict(what=__doc__.split('\n\n')[0].replace('\n', ' '), recipe=DEMO_RECIPE, models=MODELS, worlds=WORLDS, runs=rows,
+                   table='\n'.join(table), machine=dict(cpus=os.cpu_count(), python=platform.python_version()))
+        Path(a.json).write_text(json.dumps(out, indent=1) + '\n'); print('wrote', a.json)
+
+
+if __name__ == '__main__': main()
