@@ -76,7 +76,8 @@ def write_report(s:dict, # the demo's summary (what metrics.json holds)
              f"{s['world']['query']} queries, {s['world']['gallery']} gallery images (`make_world({s['world']['params']})`).",
              f"Network: HA-CNN, widths {s['widths']}, {s['params_m']:.2f} M parameters; recipe: Adam lr {s['lr']:g}, batch {s['batch_size']}, "
              f"{s['epochs']} epochs" + (f" ({s['schedule']} learning rate)" if s.get('schedule', 'constant') != 'constant' else '') + ", CE on global + local logits" + (f" with label smoothing {s['label_smoothing']:g}" if s.get('label_smoothing') else '') +
-             (", random flips" if s.get('flip') else ", no augmentation") + ", no pre-training (Sec. 4, except where named).", "",
+             (", random flips" if s.get('flip') else ", no augmentation") +
+             (f", the regions' FCs at {s['theta_lr_mult']:g}x the learning rate" if s.get('theta_lr_mult', 1) != 1 else '') + ", no pre-training (Sec. 4, except where named).", "",
              "| network | rank-1 | rank-5 | mAP | mINP |", "|---|---|---|---|---|", row('trained', s), row('untrained (same init)', u), "",
              f"Target: rank-1 ≥ 0.70 and mAP ≥ 0.50 — {'met' if s['rank1'] >= 0.7 and s['mAP'] >= 0.5 else 'NOT met'}.", "",
              f"Time: {t['total']:.0f} s in all; training in {s.get('procs', 1)} process(es) of {s.get('threads_per_proc', s['threads'])} thread(s), the rest with {s['threads']} (world {t['world']:.0f} s, untrained eval {t['untrained_eval']:.0f} s, "
@@ -177,7 +178,7 @@ def _finish(model, ck, ds, w, cfg, procs, ev, r0, tm, t0, out) -> dict:
     s = dict({k: v for k, v in trained.items() if k != 'cmc'}, cmc=trained['cmc'], untrained=untrained,
              command=' '.join([Path(sys.argv[0]).name] + sys.argv[1:]) if 'hacnn_demo' in sys.argv[0] else 'demo()',
              epochs=ck['epoch'], widths=cfg.widths, lr=cfg.base_lr, schedule=cfg.schedule, batch_size=cfg.batch_size,
-             threads=torch.get_num_threads(), procs=procs, threads_per_proc=cfg.threads, flip=cfg.flip, label_smoothing=cfg.label_smoothing,
+             threads=torch.get_num_threads(), procs=procs, threads_per_proc=cfg.threads, flip=cfg.flip, label_smoothing=cfg.label_smoothing, theta_lr_mult=cfg.theta_lr_mult,
              params_m=sum(p.numel() for p in model.parameters()) / 1e6,
              images_per_s=n_img / max(train_time, 1e-9), train_seconds=train_time, timing=tm,
              world=dict(params=w.get('params', {}), train=len(ds.train), train_ids=ds.num_train_pids, query=len(ds.query), gallery=len(ds.gallery)),
