@@ -121,8 +121,11 @@ def test_crowd_adds_a_passer_by_and_nothing_else():
         ident, view, det = some[i][0]
         assert set(ident) == set(w['people'][1]) and view in range(4) and det['occ'] == 'none'
         assert .35 <= abs(det['cx'] - detection(w, i)['cx']) <= .6               # beside the person
+        a, b = render_image(w, i, crowd=.5), render_image(w, i, crowd=0.)
         if abs(det['cx'] - .5) < .55 and detection(w, i)['occ'] == 'none':      # its body reaches into an unoccluded box: other pixels
-            assert not np.array_equal(render_image(w, i, crowd=.5), render_image(w, i, crowd=0.))
+            assert not np.array_equal(a, b)
+        far = slice(0, 6) if det['cx'] > detection(w, i)['cx'] else slice(-6, None)
+        assert np.array_equal(a[:, far], b[:, far])                             # the other edge of the box is untouched
 
 
 def test_image_size_and_cameras(tmp_path):
