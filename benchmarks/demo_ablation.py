@@ -20,7 +20,7 @@ WORLDS = {'default': dict(DEMO_WORLD), 'jitter1.5': dict(DEMO_WORLD, jitter=1.5)
 MODELS = {'ha': {},                              # the demo's recipe as it is
           'none': dict(OFF, theta_lr_mult=1.0),  # no attention at all (and so no regions' FCs to speed up)
           'ha_theta1': dict(theta_lr_mult=1.0)}  # the demo with the regions' FCs at the common learning rate
-RUNS = [f'{w}_{m}_s{s}' for w in ('default', 'jitter2') for m in ('ha', 'none') for s in (0, 1)] + \
+RUNS = [f'default_{m}_s{s}' for m in ('ha', 'none') for s in (0, 1, 2)] + [f'jitter2_{m}_s{s}' for m in ('ha', 'none') for s in (0, 1)] + \
        ['jitter1.5_ha_s0', 'jitter1.5_none_s0', 'default_ha_theta1_s0', 'default_ha_theta1_s1', 'jitter2_ha_theta1_s0']
 
 
