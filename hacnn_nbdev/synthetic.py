@@ -73,6 +73,8 @@ def sample_camera(rng:np.random.Generator, # the camera's random generator
                 blur=float(blur * rng.uniform(0, 1.0)), noise=float(noise * rng.uniform(.01, .035)), views=views.tolist())
 
 # %% ../nbs/07_synthetic.ipynb #0752329d
+def _plain(d:dict) -> dict: return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}  # JSON-ready
+
 def sample_detection(rng:np.random.Generator, # the image's detection generator
                      jitter:float=1.0, # misalignment level: 0 = perfect boxes
                      occlusion:float=0.1, # probability of a partial occlusion
@@ -89,7 +91,7 @@ def sample_detection(rng:np.random.Generator, # the image's detection generator
         elif kind == 1: d['top'] -= .08 + .12 * amount
         else: d['cx'] += sgn * (.18 + .12 * amount)
     if u_occ < occlusion: d.update(occ=('bottom', 'left', 'right')[occ], occ_extent=extent, occ_col=occ_col)
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
+    return _plain(d)
 
 # %% ../nbs/07_synthetic.ipynb #ff9241af
 def _col(k:int, tint) -> np.ndarray: return np.clip(PALETTE[k] + np.asarray(tint, np.float32), 0, 1)
@@ -321,7 +323,7 @@ def sample_passer_by(rng:np.random.Generator, # the image's crowd generator
     side, off = float(rng.choice([-1, 1])), rng.uniform(.35, .6)       # centre to centre, in box widths
     d = dict(top=det['top'] + rng.normal(0, .04), cx=det['cx'] + side * off, scale=det['scale'] * np.exp(rng.normal(0, .08)),
              trunc='none', occ='none', stride=rng.uniform(-1, 1))
-    return sample_identity(rng), int(rng.integers(4)), {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
+    return sample_identity(rng), int(rng.integers(4)), _plain(d)
 
 def passers_by(world:dict, # from `plan_world`
                i:int, # index into world['images']
