@@ -8,9 +8,13 @@ the means to `--json`.
 
     .venv/bin/python benchmarks/demo_ablation.py --json benchmarks/results/demo_ablation.json       # all runs
     .venv/bin/python benchmarks/demo_ablation.py --only default_ha_s0,default_none_s0              # some runs
+    .venv/bin/python benchmarks/demo_ablation.py --only jitter2_ha_e24_s0 --merge --json benchmarks/results/demo_ablation.json  # add a run
+
+A model name may end in `_e<N>` to train N epochs instead of the demo's 16 and in `_x<k>` to make every Inception
+width k times the demo's (e.g. `jitter1.5_none_e24_s0`, `jitter1.5_ha_x2_s0`).
 """
 from __future__ import annotations
-import argparse, json, os, platform, time
+import argparse, json, os, platform, re, time
 from pathlib import Path
 from statistics import mean
 from hacnn_nbdev.demo import DEMO_RECIPE, DEMO_WORLD, demo
@@ -24,11 +28,23 @@ RUNS = [f'default_{m}_s{s}' for m in ('ha', 'none') for s in (0, 1, 2)] + [f'jit
        ['jitter1.5_ha_s0', 'jitter1.5_none_s0', 'default_ha_theta1_s0', 'default_ha_theta1_s1', 'jitter2_ha_theta1_s0']
 
 
+SUFFIX = re.compile(r'(_e\d+|_x\d+)+$')  # `_e<N>`: N epochs; `_x<k>`: every Inception width times k
+
+
 def parse(name: str) -> tuple:
-    "'jitter2_ha_theta1_s0' -> ('jitter2', 'ha_theta1', 0)"
+    "'jitter2_ha_theta1_s0' -> ('jitter2', 'ha_theta1', 0); a model may end in `_e<N>` and/or `_x<k>` (see `overrides`)"
     w, rest = name.split('_', 1); m, s = rest.rsplit('_s', 1)
-    if w not in WORLDS or m not in MODELS: raise SystemExit(f'unknown run {name!r}: expected <world>_<model>_s<seed> with world in {list(WORLDS)} and model in {list(MODELS)}')
+    if w not in WORLDS or SUFFIX.sub('', m) not in MODELS:
+        raise SystemExit(f'unknown run {name!r}: expected <world>_<model>[_e<epochs>][_x<width factor>]_s<seed> with world in {list(WORLDS)} and model in {list(MODELS)}')
     return w, m, int(s)
+
+
+def overrides(m: str) -> dict:
+    "The TrainConfig overrides of model name `m` ('none_e24_x2' -> MODELS['none'], epochs=24, widths twice the demo's)."
+    o = dict(MODELS[SUFFIX.sub('', m)])
+    if e := re.search(r'_e(\d+)', m): o['epochs'] = int(e[1])
+    if x := re.search(r'_x(\d+)', m): o['widths'] = ','.join(str(int(v) * int(x[1])) for v in DEMO_RECIPE['widths'].split(','))
+    return o
 
 
 def main():
@@ -37,13 +53,14 @@ def main():
     ap.add_argument('--runs', default='runs/ablation', help='folder of the run folders (default runs/ablation)')
     ap.add_argument('--worlds', default='data/ablation', help='folder of the worlds (default data/ablation)')
     ap.add_argument('--json', default=None, help='write the results here (default: print only)')
+    ap.add_argument('--merge', action='store_true', help="keep the runs already in --json that this call does not run (e.g. with --only)")
     a = ap.parse_args()
     names = a.only.split(',') if a.only else RUNS
-    rows = {}
+    rows = json.loads(Path(a.json).read_text())['runs'] if a.merge and a.json and Path(a.json).is_file() else {}
     for name in names:
         w, m, seed = parse(name); tic = time.perf_counter()
         s = demo(Path(a.worlds) / w, Path(a.runs) / name, threads=2, seed=seed, world=WORLDS[w], progress=False,
-                 log=lambda msg: print(f'  {name}: {msg}', flush=True), **MODELS[m])
+                 log=lambda msg: print(f'  {name}: {msg}', flush=True), **overrides(m))
         if s is None: raise SystemExit(f'{name} was stopped; run again to continue')
         rows[name] = dict(world=w, model=m, seed=seed, rank1=s['rank1'], mAP=s['mAP'], mINP=s['mINP'],
                           untrained_rank1=s['untrained']['rank1'], world_params=s['world'], procs=s['procs'],
@@ -51,7 +68,7 @@ def main():
         print(f"{name}: rank-1 {s['rank1']:.3f}  mAP {s['mAP']:.3f}  mINP {s['mINP']:.3f}", flush=True)
     table = ['| world | model | seeds | rank-1 | mAP | mINP |', '|---|---|---|---|---|---|']
     for w in WORLDS:
-        for m in MODELS:
+        for m in dict.fromkeys(r['model'] for r in rows.values()):
             rs = [r for r in rows.values() if r['world'] == w and r['model'] == m]
             if rs: table.append(f"| {w} | {m} | {','.join(str(r['seed']) for r in rs)} | " + ' | '.join(f'{mean(r[k] for r in rs):.3f}' for k in ('rank1', 'mAP', 'mINP')) + ' |')
     print('\n'.join(table))
