@@ -1,7 +1,8 @@
 """Does attention pay for itself at the CPU demo's scale? The demo (its network, recipe and two DDP
 processes) against the same run with every attention switched off (Table 5's "No attention": no soft
 spatial or channel attention, fixed horizontal stripes instead of learned regions), on synthetic worlds
-that differ in the detector's misalignment, over seeds. Each run is a full `hacnn_nbdev.demo.demo`
+that differ in the detector's misalignment, over seeds; also longer (`_e24`) and twice as wide (`_x2`), and with
+soft attention only or hard attention only (Table 5's SSA+SCA and HRA rows). Each run is a full `hacnn_nbdev.demo.demo`
 (~7.5 min on a 2-core machine); a run folder that already holds a finished run is scored, not trained
 again, so the script can be stopped and started. Writes every run's rank-1 / mAP / mINP and a table of
 the means to `--json`.
@@ -24,10 +25,13 @@ OFF = dict(spatial_attention=False, channel_attention=False, hard_attention=Fals
 WORLDS = {'default': dict(DEMO_WORLD), 'jitter1.5': dict(DEMO_WORLD, jitter=1.5), 'jitter2': dict(DEMO_WORLD, jitter=2.0)}
 MODELS = {'ha': {},                              # the demo's recipe as it is
           'none': dict(OFF, theta_lr_mult=1.0),  # no attention at all (and so no regions' FCs to speed up)
-          'ha_theta1': dict(theta_lr_mult=1.0)}  # the demo with the regions' FCs at the common learning rate
+          'ha_theta1': dict(theta_lr_mult=1.0),  # the demo with the regions' FCs at the common learning rate
+          'soft': dict(hard_attention=False, theta_lr_mult=1.0),          # Table 5's SSA+SCA: soft attention, fixed stripes
+          'hard': dict(spatial_attention=False, channel_attention=False)}  # Table 5's HRA: learned regions (10x lr), no soft attention
 RUNS = [f'default_{m}_s{s}' for m in ('ha', 'none') for s in (0, 1, 2)] + [f'jitter2_{m}_s{s}' for m in ('ha', 'none') for s in (0, 1)] + \
        ['jitter1.5_ha_s0', 'jitter1.5_none_s0', 'default_ha_theta1_s0', 'default_ha_theta1_s1', 'jitter2_ha_theta1_s0'] + \
-       [f'jitter1.5_{m}_e24_s{s}' for m in ('ha', 'none') for s in (0, 1, 2)] + [f'jitter1.5_{m}_x2_s{s}' for m in ('ha', 'none') for s in (0, 1)]
+       [f'jitter1.5_{m}_e24_s{s}' for m in ('ha', 'none') for s in (0, 1, 2)] + [f'jitter1.5_{m}_x2_s{s}' for m in ('ha', 'none') for s in (0, 1)] + \
+       [f'jitter1.5_{m}_x2_s0' for m in ('ha_theta1', 'soft')] + ['jitter1.5_hard_x2_s0', 'jitter1.5_hard_x2_s1']
 KEYS = ('rank1', 'mAP', 'mINP')
 
 
