@@ -3,9 +3,9 @@ processes) against the same run with every attention switched off (Table 5's "No
 spatial or channel attention, fixed horizontal stripes instead of learned regions), on synthetic worlds
 that differ in the detector's misalignment, over seeds; also longer (`_e24`) and twice as wide (`_x2`), and with
 soft attention only or hard attention only (Table 5's SSA+SCA and HRA rows). Each run is a full `hacnn_nbdev.demo.demo`
-(~7.5 min on a 2-core machine); a run folder that already holds a finished run is scored, not trained
-again, so the script can be stopped and started. Writes every run's rank-1 / mAP / mINP and a table of
-the means to `--json`.
+(7.5–10 min on a 2-core machine); a run folder that already holds a finished run is scored, not trained
+again, so the script can be stopped and started. Writes every run's rank-1 / mAP / mINP, a table of
+the means and a table of each model minus no attention (seed by seed) to `--json`.
 
     .venv/bin/python benchmarks/demo_ablation.py --json benchmarks/results/demo_ablation.json       # all runs
     .venv/bin/python benchmarks/demo_ablation.py --only default_ha_s0,default_none_s0              # some runs
@@ -71,12 +71,13 @@ def means_table(rows: dict) -> str:
 
 
 def differences_table(rows: dict) -> str:
-    "Markdown: HA-CNN minus no attention, in points, seed by seed (same world, recipe and seed) and on average."
-    t = ['| world | recipe | seed | rank-1 | mAP | mINP |', '|---|---|---|---|---|---|']
+    "Markdown: each model minus no attention with the same suffix, in points, seed by seed (same world, recipe and seed) and on average."
+    t = ['| world | model | seed | rank-1 | mAP | mINP |', '|---|---|---|---|---|---|']
     for w in WORLDS:
         for m in dict.fromkeys(r['model'] for r in rows.values()):
-            if SUFFIX.sub('', m) != 'ha': continue
-            suffix = m[len('ha'):]; pairs = []
+            base = SUFFIX.sub('', m)
+            if base == 'none': continue
+            suffix = m[len(base):]; pairs = []
             for r in sorted((r for r in rows.values() if r['world'] == w and r['model'] == m), key=lambda r: r['seed']):
                 o = rows.get(f"{w}_none{suffix}_s{r['seed']}")
                 if o: pairs.append([100 * (r[k] - o[k]) for k in KEYS]); t.append(f"| {w} | {m} | {r['seed']} | " + ' | '.join(f'{d:+.1f}' for d in pairs[-1]) + ' |')
