@@ -15,12 +15,13 @@ from fastcore.basics import patch
 from fastcore.script import call_parse
 
 # %% auto #0
-__all__ = ['IMG_EXTS', 'MEAN', 'STD', 'CUHK03_SOURCE', 'CUHK03_LAYOUT', 'DATASETS', 'DatasetNotFoundError', 'BadFileNameError',
-           'BadImageError', 'parse_pid_cam', 'list_images', 'read_split', 'relabel', 'split_stats', 'ReIDData',
-           'stats_table', 'PidCamFolders', 'Market1501', 'DukeMTMCreID', 'SyntheticWorld', 'cuhk03_name',
-           'parse_cuhk03_name', 'find_cuhk03_mat', 'extract_cuhk03', 'load_new_protocol', 'CUHK03', 'get_dataset',
-           'read_image', 'check_images', 'ReIDDataset', 'ReIDSampler', 'build_test_loader', 'build_train_loader',
-           'denormalise', 'data_cli']
+__all__ = ['IMG_EXTS', 'MEAN', 'STD', 'CUHK03_SOURCE', 'CUHK03_LAYOUT', 'CUHK03NP_PUBLISHED', 'CUHK03NP_PAIR1', 'DATASETS',
+           'DatasetNotFoundError', 'BadFileNameError', 'BadImageError', 'parse_pid_cam', 'list_images', 'read_split',
+           'relabel', 'split_stats', 'ReIDData', 'stats_table', 'PidCamFolders', 'Market1501', 'DukeMTMCreID',
+           'SyntheticWorld', 'cuhk03_name', 'parse_cuhk03_name', 'find_cuhk03_mat', 'extract_cuhk03',
+           'load_new_protocol', 'CUHK03', 'CUHK03NP', 'read_cuhk03np_pairs', 'CUHK01', 'get_dataset', 'read_image',
+           'check_images', 'ReIDDataset', 'ReIDSampler', 'build_test_loader', 'build_train_loader', 'denormalise',
+           'data_cli']
 
 # %% ../nbs/06_data.ipynb #0902c9c3
 IMG_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -285,10 +286,116 @@ def _classic(self:CUHK03, imgdir:Path):
         (test if (c, pid) in test_keys else train).append((str(p), c * 1000 + pid, view - 1))
     self.train, self.query, self.gallery = relabel(train), test, list(test)
 
+# %% ../nbs/06_data.ipynb #02fe3910
+CUHK03NP_PUBLISHED = {'labeled':  {'train': (767, 7368), 'query': (700, 1400), 'gallery': (700, 5328)},
+                      'detected': {'train': (767, 7365), 'query': (700, 1400), 'gallery': (700, 5332)}}
+CUHK03NP_PAIR1 = {'train': (427, 4145), 'query': (416, 832), 'gallery': (416, 3200)}  # camera pair 1 only (both box kinds)
+
+class CUHK03NP(PidCamFolders):
+    "CUHK03-NP (767/700) as image folders `{labeled,detected}/{bounding_box_train,query,bounding_box_test}`."
+    name = 'CUHK03-NP'
+    source = ("Zhong, Zheng, Cao & Li, 'Re-ranking Person Re-identification with k-reciprocal Encoding', CVPR 2017 "
+              "(the cuhk03-np release: labeled/ and detected/, each in the Market-1501 layout).")
+    def __init__(self,
+                 root:str|Path, # the folder holding labeled/ and detected/ (or one of those two)
+                 boxes:str='detected', # 'detected' (a detector's boxes) or 'labeled' (hand-drawn boxes)
+                ):
+        if boxes not in CUHK03NP_PUBLISHED: raise ValueError(f"boxes must be 'detected' or 'labeled', not {boxes!r}")
+        root, self.boxes = Path(root), boxes
+        if not all((root/boxes/s).is_dir() for s in self.folders.values()) and not all((root/s).is_dir() for s in self.folders.values()):
+            subs = ', '.join(self.folders.values())
+            raise DatasetNotFoundError(f"CUHK03-NP not found under {str(root)!r}: expected {str(root/boxes)}/{{{subs}}}/ "
+                                       f"holding images named like 0001_c1_1.jpg. CUHK03-NP comes from {self.source}")
+        super().__init__(root/boxes if (root/boxes).is_dir() else root)
+        self.published = CUHK03NP_PUBLISHED[boxes]
+        self.name, self.comparable = self.describe()
+
+# %% ../nbs/06_data.ipynb #8efe6571
+@patch
+def describe(self:CUHK03NP) -> tuple[str, bool]:
+    "A name that says which part of CUHK03-NP this is, and whether its scores compare with published ones."
+    held = {s: (split_stats(getattr(self, s))['ids'], len(getattr(self, s))) for s in self.folders}
+    if held == self.published: return f'CUHK03-NP ({self.boxes})', True
+    if held == CUHK03NP_PAIR1: return f'CUHK03-NP (camera pair 1, {self.boxes})', False
+    return f'CUHK03-NP (subset: {held["train"][0]} of 767 training identities, {self.boxes})', False
+
+# %% ../nbs/06_data.ipynb #8b6a4189
+def read_cuhk03np_pairs(root:str|Path, # the CUHK03-NP folder holding pairs.csv, labeled/ and detected/
+                       ) -> list[tuple[str, str, str]]:
+    "`(cell, labeled image, detected image)` for every frame in pairs.csv: the two boxes of one person in one frame."
+    import csv
+    path = Path(root)/'pairs.csv'
+    if not path.is_file(): raise DatasetNotFoundError(f"no {str(path)!r}: expected a CSV with the columns cell,labeled,detected")
+    with open(path, newline='') as f: rows = list(csv.DictReader(f))
+    if rows and not {'cell', 'labeled', 'detected'} <= set(rows[0]):
+        raise BadFileNameError(f"{str(path)!r} must have the columns cell,labeled,detected; it has {', '.join(rows[0])}")
+    return [(r['cell'], str(Path(root)/r['labeled']), str(Path(root)/r['detected'])) for r in rows]
+
+# %% ../nbs/06_data.ipynb #82a665b1
+_CUHK01_NAME = re.compile(r'^(\d{4})(\d{3})\.png$')
+
+class CUHK01(ReIDData):
+    "CUHK01 (Li, Zhao & Wang, ACCV 2012): 971 ids x 4 images, two cameras; 485 train / 486 test ids per random split."
+    def __init__(self,
+                 root:str|Path, # the folder of PPPPCCC.png images (or the folder holding it as campus/)
+                 split:int=0, # which random split (the common protocol averages splits 0-9)
+                 n_test:int|None=None, # test identities; None: half, rounded up (486 of 971: the 485/486 protocol)
+                 multi_shot:bool=False, # both images per camera (else one random image per camera and person)
+                ):
+        self.root = self.find_root(Path(root))
+        by_pid, self.ignored, self.dropped = self.read(self.root), 0, {}
+        n_test = -(-len(by_pid) // 2) if n_test is None else n_test
+        self.split, self.n_test, self.multi_shot = split, n_test, multi_shot
+        if not 0 < n_test < len(by_pid): raise ValueError(f"n_test must be between 1 and {len(by_pid) - 1} (the folder holds {len(by_pid)} people), not {n_test}")
+        if split < 0: raise ValueError(f"split must be 0 or more (the common protocol uses 0-9), not {split}")
+        rng = np.random.default_rng(split)
+        pids = sorted(by_pid)
+        test = set(pids[j] for j in rng.permutation(len(pids))[:n_test])
+        self.train = relabel([r for p in pids if p not in test for r in by_pid[p]])
+        self.query, self.gallery = [], []
+        for p in sorted(test):
+            for cam, out in ((0, self.query), (1, self.gallery)):
+                recs = [r for r in by_pid[p] if r[2] == cam]
+                out.extend(recs if multi_shot else [recs[rng.integers(len(recs))]])
+        shots = 'multi-shot' if multi_shot else 'single-shot'
+        self.name = f'CUHK01 ({len(pids) - n_test}/{n_test}, split {split}, {shots})'
+        k = 2 if multi_shot else 1
+        self.published = {'train': (971 - n_test, 4 * (971 - n_test)), 'query': (n_test, k * n_test), 'gallery': (n_test, k * n_test)}
+
+# %% ../nbs/06_data.ipynb #f22daaa2
+@patch(cls_method=True)
+def find_root(cls:CUHK01, root:Path) -> Path:
+    "`root` or `root/campus`, whichever holds PPPPCCC.png images; else an error that shows the layout."
+    for cand in (root, root/'campus'):
+        if cand.is_dir() and any(_CUHK01_NAME.match(p.name) for p in cand.iterdir()): return cand
+    raise DatasetNotFoundError(f"CUHK01 not found under {str(root)!r}: expected {str(root)}/campus/PPPPCCC.png "
+                               "(or the images directly in the folder), e.g. 0001001.png: person 0001, image 001; "
+                               "images 001-002 from camera A, 003-004 from camera B")
+
+@patch(cls_method=True)
+def read(cls:CUHK01, folder:Path) -> dict:
+    "Records `(path, pid, camid)` grouped by person; every person needs an image from each camera."
+    by_pid = {}
+    for p in list_images(folder)[0]:
+        m = _CUHK01_NAME.match(p.name)
+        if m is None: raise BadFileNameError(f"{str(p)!r} is not a CUHK01 image name: expected PPPPCCC.png, e.g. 0001001.png")
+        pid, img = int(m.group(1)), int(m.group(2))
+        if not 1 <= img <= 4: raise BadFileNameError(f"{str(p)!r}: CUHK01 image numbers are 001-004, not {img:03d}")
+        by_pid.setdefault(pid, []).append((str(p), pid, 0 if img <= 2 else 1))
+    for pid, recs in by_pid.items():
+        if {r[2] for r in recs} != {0, 1}:
+            raise ValueError(f"CUHK01 person {pid:04d} in {str(folder)!r} lacks an image from camera {'B' if recs[0][2] == 0 else 'A'} "
+                             "(images 001-002 are camera A, 003-004 camera B)")
+    return by_pid
+
 # %% ../nbs/06_data.ipynb #094131c8
 DATASETS = {'market1501': Market1501, 'dukemtmcreid': DukeMTMCreID, 'cuhk03': CUHK03, 'synthetic': SyntheticWorld,
             'cuhk03detected': lambda root, **kw: CUHK03(root, variant='detected', **kw),
-            'cuhk03labeled': lambda root, **kw: CUHK03(root, variant='labeled', **kw)}
+            'cuhk03labeled': lambda root, **kw: CUHK03(root, variant='labeled', **kw),
+            'cuhk03np': CUHK03NP, 'cuhk01': CUHK01,
+            'cuhk03npdetected': lambda root, **kw: CUHK03NP(root, boxes='detected', **kw),
+            'cuhk03nplabeled': lambda root, **kw: CUHK03NP(root, boxes='labeled', **kw)}
+_SPLITS = {'cuhk01', 'cuhk03', 'cuhk03detected', 'cuhk03labeled'}  # the datasets with several splits
 _ALIASES = {'market': 'market1501', 'duke': 'dukemtmcreid', 'dukemtmc': 'dukemtmcreid'}
 
 def get_dataset(name:str, # e.g. 'market1501', 'dukemtmcreid', 'cuhk03', 'cuhk03-labeled', 'synthetic'
@@ -299,6 +406,8 @@ def get_dataset(name:str, # e.g. 'market1501', 'dukemtmcreid', 'cuhk03', 'cuhk03
     key = re.sub(r'[^a-z0-9]', '', name.lower()); key = _ALIASES.get(key, key)
     if key not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known names: {', '.join(DATASETS)} (case, '-' and '_' are ignored)")
+    if key not in _SPLITS and (s := kwargs.pop('split', 0)) != 0:  # a dataset with one split takes split 0 only
+        raise ValueError(f"the {name!r} dataset has one split, so split must be 0, not {s}")
     return DATASETS[key](root, **kwargs)
 
 # %% ../nbs/06_data.ipynb #5c355d1b
@@ -477,7 +586,7 @@ def data_cli(name:str='synthetic', # dataset name (see `get_dataset`)
              root:str='data/synthetic', # dataset folder
              variant:str=None, # CUHK03 only: 'detected' or 'labeled'
              protocol:str=None, # CUHK03 only: 'new' or 'classic'
-             split:int=None, # CUHK03 classic only: 0..19
+             split:int=None, # which random split: CUHK01 0..9, classic CUHK03 0..19
             ):
     "Print the identities / images / cameras per split of a dataset (Table 1 style)."
     kw = {k: v for k, v in dict(variant=variant, protocol=protocol, split=split).items() if v is not None}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_metrics.ipynb #639e9b30
 from __future__ import annotations
-import math
+import math, numbers
 from typing import NamedTuple
 import numpy as np
 import torch
@@ -12,10 +12,10 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['FeatureSet', 'simulate_features', 'compute_distance', 'RankResult', 'evaluate_rank_naive', 'PositiveRanks',
-           'query_groups', 'positive_ranks', 'metrics_from_ranks', 'evaluate_rank', 'random_case', 'single_shot_draw',
-           'evaluate_single_shot', 'pool_by_identity', 'evaluate_multi_query', 're_ranking', 'faiss_search',
-           'evaluate_topk', 'plot_cmc', 'pair_distances', 'plot_distance_distributions']
+__all__ = ['FeatureSet', 'simulate_features', 'compute_distance', 'check_rank_inputs', 'RankResult', 'evaluate_rank_naive',
+           'PositiveRanks', 'query_groups', 'positive_ranks', 'metrics_from_ranks', 'evaluate_rank', 'random_case',
+           'single_shot_draw', 'evaluate_single_shot', 'pool_by_identity', 'evaluate_multi_query', 're_ranking',
+           'faiss_search', 'evaluate_topk', 'plot_cmc', 'pair_distances', 'plot_distance_distributions']
 
 # %% ../nbs/08_metrics.ipynb #6a34e69f
 class FeatureSet(NamedTuple):
@@ -55,6 +55,20 @@ def simulate_features(n_ids:int=100, # identities in the test split (pids 1..n_i
 
 # %% ../nbs/08_metrics.ipynb #9d1905ea
 def _as_tensor(x): return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+def _need_int(name:str, v, lo:int=1):
+    "Refuse `v` unless it is an integer >= `lo` (`TypeError` if it is no integer, `ValueError` if too small)."
+    if not _is_int(v): raise TypeError(f'{name} must be an integer >= {lo}, not {v!r}')
+    if v < lo: raise ValueError(f'{name} must be an integer >= {lo}, not {v}')
+
+def _features(name:str, x) -> torch.Tensor:
+    "Features as a float32 tensor, on their device; complex, boolean and non-numeric values are refused."
+    t = x if isinstance(x, torch.Tensor) else np.asarray(x)
+    if isinstance(t, torch.Tensor): ok = not (t.is_complex() or t.dtype == torch.bool)
+    else: ok = t.dtype.kind in 'iuf'
+    if not ok: raise TypeError(f'{name} must hold real numbers, not {t.dtype} values')
+    return _as_tensor(t).float()
 
 def compute_distance(qf, # (Q, D) query features, NumPy or torch, on any device
                      gf, # (G, D) gallery features
@@ -62,7 +76,8 @@ def compute_distance(qf, # (Q, D) query features, NumPy or torch, on any device
                      chunk_size:int=2048, # queries per block; memory besides the output is ~chunk_size × G floats
                     ) -> np.ndarray: # (Q, G) float32
     "Dense query × gallery distance matrix, computed block by block."
-    qf, gf = _as_tensor(qf).float(), _as_tensor(gf).float()
+    _need_int('chunk_size', chunk_size)
+    qf, gf = _features('qf', qf), _features('gf', gf)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"features must be (Q, D) and (G, D) with the same D; got {tuple(qf.shape)} and {tuple(gf.shape)}")
     if metric not in ('euclidean', 'cosine'): raise ValueError(f"metric must be 'euclidean' or 'cosine', not {metric!r}")
@@ -76,21 +91,56 @@ def compute_distance(qf, # (Q, D) query features, NumPy or torch, on any device
     return out
 
 # %% ../nbs/08_metrics.ipynb #0fbb21f5
-def _ids(q_pids, g_pids, q_camids, g_camids):
-    "Labels as int64 NumPy vectors, lengths checked."
-    a = [np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x).astype(np.int64).ravel()
-         for x in (q_pids, g_pids, q_camids, g_camids)]
-    if len(a[2]) != len(a[0]) or len(a[3]) != len(a[1]):
-        raise ValueError(f"q_camids ({len(a[2])}) and g_camids ({len(a[3])}) must match q_pids ({len(a[0])}) and g_pids ({len(a[1])})")
-    return a
+def _numpy(x) -> np.ndarray:
+    "A NumPy version of an array-like or a tensor (on any device; bfloat16 as float32)."
+    if not isinstance(x, torch.Tensor): return np.asarray(x)
+    x = x.detach().cpu()
+    return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
 
-def _labels(distmat, q_pids, g_pids, q_camids, g_camids):
-    "Validate shapes, return NumPy versions of the inputs."
-    d = distmat.detach().cpu().numpy() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
-    a = _ids(q_pids, g_pids, q_camids, g_camids)
-    if d.ndim != 2 or d.shape != (len(a[0]), len(a[1])):
-        raise ValueError(f"distmat {d.shape} must be (len(q_pids), len(g_pids)) = ({len(a[0])}, {len(a[1])})")
-    return (d, *a)
+def _label_vector(name:str, x) -> np.ndarray:
+    "One label vector as int64: integers, or integer-valued floats; anything else is refused."
+    a = _numpy(x)
+    if a.dtype.kind == 'f':
+        bad = ~np.isfinite(a) | (a != np.round(a)) | (np.abs(a) >= 2.0 ** 63)
+        if bad.any():
+            raise ValueError(f'{name} must hold integers (3.0 is accepted), not {float(a[bad].flat[0])}')
+    elif a.dtype.kind not in 'iu': raise TypeError(f'{name} must hold integers, not {a.dtype} values')
+    return a.astype(np.int64).ravel()
+
+def _distances(distmat, Q:int, G:int) -> np.ndarray:
+    "`distmat` as a float (Q, G) NumPy matrix without NaN; integers are converted to float64."
+    d = _numpy(distmat)
+    if d.dtype.kind == 'c': raise TypeError(f'distmat must hold real numbers, not complex ones ({d.dtype})')
+    if d.dtype.kind in 'iu': d = d.astype(np.float64)  # exact up to 2**53
+    elif d.dtype.kind != 'f':
+        raise TypeError(f'distmat must hold real numbers (float or int), not {d.dtype} values')
+    if d.ndim != 2 or d.shape != (Q, G):
+        raise ValueError(f"distmat {d.shape} must be (len(q_pids), len(g_pids)) = ({Q}, {G})")
+    if np.isnan(d.max(initial=0)):  # one pass, no copy: NaN propagates through max
+        raise ValueError("distmat contains NaN; distances must be numbers (inf is allowed)")
+    return d
+
+# %% ../nbs/08_metrics.ipynb #c0a1b2c1
+def check_rank_inputs(distmat, # (Q, G) distances, NumPy or torch; None: check the labels only
+                      q_pids, # (Q,) query identities
+                      g_pids, # (G,) gallery identities
+                      q_camids, # (Q,) query cameras
+                      g_camids, # (G,) gallery cameras
+                      max_rank:int=50, # length of the CMC curve
+                      ap_mode:str='standard', # 'standard' or 'trapezoid'
+                     ) -> tuple: # (distmat: float NumPy or None, then the four labels: int64 NumPy)
+    "The evaluators' input contract: every argument checked, the first one at fault named; NumPy out."
+    _need_int('max_rank', max_rank)
+    if ap_mode not in ('standard', 'trapezoid'):
+        raise ValueError(f"ap_mode must be 'standard' or 'trapezoid', not {ap_mode!r}")
+    names = ('q_pids', 'g_pids', 'q_camids', 'g_camids')
+    qp, gp, qc, gc = (_label_vector(n, x) for n, x in zip(names, (q_pids, g_pids, q_camids, g_camids)))
+    if len(qc) != len(qp) or len(gc) != len(gp):
+        raise ValueError(f"q_camids ({len(qc)}) and g_camids ({len(gc)}) must match q_pids ({len(qp)}) "
+                         f"and g_pids ({len(gp)})")
+    for n, a, what in (('q_pids', qp, 'query'), ('g_pids', gp, 'gallery image')):
+        if len(a) == 0: raise ValueError(f'{n} is empty: an evaluation needs at least one {what}')
+    return (None if distmat is None else _distances(distmat, len(qp), len(gp))), qp, gp, qc, gc
 
 # %% ../nbs/08_metrics.ipynb #6abf7922
 class RankResult(NamedTuple):
@@ -135,7 +185,7 @@ def evaluate_rank_naive(distmat, # (Q, G) distances
                         ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
                        ) -> RankResult:
     "Reference evaluator: one query at a time, a full stable sort of its valid gallery. Slow, obviously right."
-    d, qp, gp, qc, gc = _labels(distmat, q_pids, g_pids, q_camids, g_camids)
+    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode)
     cmc, aps, inps = np.zeros(max_rank), [], []
     for i in range(len(qp)):
         idx = np.flatnonzero((gp != -1) & ~((gp == qp[i]) & (gc == qc[i])))  # the valid gallery
@@ -195,22 +245,13 @@ def _sparse_ranks(thr, tcol, vals, vcol):
     return np.arange(len(thr)) + lo
 
 # %% ../nbs/08_metrics.ipynb #38d8435f
-def positive_ranks(distmat, # (Q, G) distances (float32 or float64; NaN is refused)
-                   q_pids, # (Q,) query identities
-                   g_pids, # (G,) gallery identities (0: distractor, -1: junk)
-                   q_camids, # (Q,) query cameras
-                   g_camids, # (G,) gallery cameras
-                   chunk_size:int=256, # queries per block
-                   dense_frac:float=0.25, # a query with more candidates than this fraction of G takes the dense path
-                  ) -> PositiveRanks:
-    "Ranks of every query's true matches among its valid gallery, by counting instead of sorting the gallery."
-    d, qp, gp, qc, gc = _labels(distmat, q_pids, g_pids, q_camids, g_camids)
+def _positive_ranks(d, qp, gp, qc, gc, chunk_size=256, dense_frac=0.25) -> PositiveRanks:
+    "`positive_ranks` of inputs already checked (`check_rank_inputs`)."
     (pos, po), (junk, jo) = query_groups(qp, qc, gp, gc)
     junk_all, Q, G = np.flatnonzero(gp == -1), len(qp), len(gp)
     ranks, buf = [np.zeros(0, np.int64)] * Q, np.empty((min(chunk_size, Q), G), bool)
     for s in range(0, Q, chunk_size):
         e = min(s + chunk_size, Q); blk = d[s:e]
-        if np.isnan(blk.max(initial=0)): raise ValueError("distmat contains NaN; distances must be numbers (inf is allowed)")
         thr, tcol, tmax = _block_thresholds(blk, pos, po, s, e)
         has = np.diff(po[s:e + 1]) > 0
         step = max(1, G // 1024)  # estimate each query's candidate count from every step-th column: choose the path
@@ -226,6 +267,20 @@ def positive_ranks(distmat, # (Q, G) distances (float32 or float64; NaN is refus
             a, b = po[s + li] - po[s], po[s + li + 1] - po[s]
             ranks[s + li] = _sparse_ranks(thr[a:b], tcol[a:b], vals, vcol)
     return PositiveRanks(np.concatenate(ranks).astype(np.int64), np.r_[0, np.cumsum([len(r) for r in ranks])])
+
+# %% ../nbs/08_metrics.ipynb #c0a1b2c3
+def positive_ranks(distmat, # (Q, G) distances (see `check_rank_inputs`)
+                   q_pids, # (Q,) query identities
+                   g_pids, # (G,) gallery identities (0: distractor, -1: junk)
+                   q_camids, # (Q,) query cameras
+                   g_camids, # (G,) gallery cameras
+                   chunk_size:int=256, # queries per block
+                   dense_frac:float=0.25, # a query with more candidates than this fraction of G: dense path
+                  ) -> PositiveRanks:
+    "Ranks of every query's true matches among its valid gallery, by counting instead of sorting the gallery."
+    _need_int('chunk_size', chunk_size)
+    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
+    return _positive_ranks(d, qp, gp, qc, gc, chunk_size, dense_frac)
 
 # %% ../nbs/08_metrics.ipynb #000791a5
 def _block_thresholds(blk, pos, po, s, e):
@@ -250,6 +305,7 @@ def metrics_from_ranks(pr:PositiveRanks, # from `positive_ranks`
                        ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
                       ) -> RankResult:
     "CMC, mAP and mINP from the ranks of the true matches (vectorised over all queries)."
+    _need_int('max_rank', max_rank)
     if ap_mode not in ('standard', 'trapezoid'): raise ValueError(f"ap_mode must be 'standard' or 'trapezoid', not {ap_mode!r}")
     n = np.diff(pr.offsets); ok = n > 0; nv = int(ok.sum())
     if nv == 0: raise ValueError(f"no query has a valid true match in the gallery (all {len(n)} skipped)")
@@ -271,7 +327,8 @@ def evaluate_rank(distmat, # (Q, G) query × gallery distances (NumPy or torch)
                   ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
                  ) -> RankResult:
     "CMC, mAP, mINP under the Market-1501/DukeMTMC-reID protocol (also CUHK03 767/700), without a full argsort."
-    return metrics_from_ranks(positive_ranks(distmat, q_pids, g_pids, q_camids, g_camids), max_rank, ap_mode)
+    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode)
+    return metrics_from_ranks(_positive_ranks(d, qp, gp, qc, gc), max_rank, ap_mode)
 
 # %% ../nbs/08_metrics.ipynb #8330f90d
 def random_case(seed:int, # the case's seed
@@ -324,7 +381,8 @@ def evaluate_single_shot(distmat, # (Q, G) distances
                          seed:int=0, # seed of the draws
                         ) -> RankResult:
     "Classic single-shot CMC (one random valid gallery image per identity), averaged over `n_repeats` draws."
-    d, qp, gp, qc, gc = _labels(distmat, q_pids, g_pids, q_camids, g_camids)
+    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    _need_int('n_repeats', n_repeats)
     rng, out = np.random.default_rng(seed), []
     for _ in range(n_repeats):
         pick = single_shot_draw(qp, gp, qc, gc, rng)  # (Q, P)
@@ -366,6 +424,7 @@ def evaluate_multi_query(q_feats, # (Q, D) query features
                          max_rank:int=50, # length of the CMC curve
                         ) -> RankResult:
     "Multi-query evaluation: each query replaced by the pooled feature of its (pid, camid) group."
+    check_rank_inputs(None, q_pids, g_pids, q_camids, g_camids, max_rank)
     if mq_feats is None: mq_feats, mq_pids, mq_camids = q_feats, q_pids, q_camids
     pooled, keys = pool_by_identity(mq_feats, mq_pids, mq_camids, pool)
     lut = {(int(p), int(c)): j for j, (p, c) in enumerate(keys)}
@@ -453,8 +512,8 @@ def faiss_search(q_feats, # (Q, D) query features
     "Exact top-k search with a FAISS flat index (no dense distance matrix)."
     import faiss
     if metric not in ('euclidean', 'cosine'): raise ValueError(f"metric must be 'euclidean' or 'cosine', not {metric!r}")
-    f32 = lambda x: np.ascontiguousarray(_as_tensor(x).float().cpu().numpy())
-    qf, gf = f32(q_feats), f32(g_feats)
+    f32 = lambda name, x: np.ascontiguousarray(_features(name, x).cpu().numpy())
+    qf, gf = f32('q_feats', q_feats), f32('g_feats', g_feats)
     if metric == 'cosine': qf, gf = _l2n(qf).astype(np.float32), _l2n(gf).astype(np.float32)
     index = (faiss.IndexFlatIP if metric == 'cosine' else faiss.IndexFlatL2)(gf.shape[1]); index.add(gf)
     D, I = index.search(qf, min(k, len(gf)))
@@ -484,7 +543,11 @@ def evaluate_topk(q_feats, # (Q, D) query features
                   chunk_size:int=256, # fallback queries per dense block
                  ) -> RankResult:
     "CMC/mAP/mINP from a FAISS top-k search; `.num_uncertain` queries needed exact rows (or were approximated: `.exact`)."
-    qp, gp, qc, gc = _ids(q_pids, g_pids, q_camids, g_camids)
+    _, qp, gp, qc, gc = check_rank_inputs(None, q_pids, g_pids, q_camids, g_camids, max_rank)
+    _need_int('k', k)
+    if len(q_feats) != len(qp) or len(g_feats) != len(gp):
+        raise ValueError(f"q_feats ({len(q_feats)}) and g_feats ({len(g_feats)}) must match "
+                         f"q_pids ({len(qp)}) and g_pids ({len(gp)})")
     D, I = faiss_search(q_feats, g_feats, k, metric)
     (P, po), (_, jo) = query_groups(qp, qc, gp, gc); n_junk_all = int((gp == -1).sum())
     ranks, uncertain = [None] * len(qp), []
@@ -530,7 +593,7 @@ def pair_distances(distmat, # (Q, G) distances
                    seed:int=0, # sampling seed
                   ) -> tuple: # (true-pair distances, false-pair distances)
     "Distances of valid true pairs and (a sample of) valid false pairs under the protocol."
-    d, qp, gp, qc, gc = _labels(distmat, q_pids, g_pids, q_camids, g_camids)
+    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
     samep = qp[:, None] == gp[None]
     valid = (gp[None] != -1) & ~(samep & (qc[:, None] == gc[None]))
     tp, fp = d[valid & samep], d[valid & ~samep]

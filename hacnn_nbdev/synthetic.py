@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_synthetic.ipynb #978634c8
 from __future__ import annotations
-import os, time, json, hashlib
+import os, re, sys, time, json, math, numbers, hashlib
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
@@ -12,9 +12,10 @@ from fastcore.script import call_parse, store_true
 from .data import SyntheticWorld, stats_table
 
 # %% auto #0
-__all__ = ['PALETTE', 'SKIN', 'HAIR', 'SIBLING_DETAILS', 'VIEWS', 'SPLIT_DIRS', 'GENERATOR', 'sample_identity', 'make_sibling',
-           'sample_camera', 'sample_detection', 'render', 'plan_world', 'sample_passer_by', 'passers_by',
-           'render_image', 'detection', 'make_world', 'colour_histograms', 'histogram_distances', 'synth_cli']
+__all__ = ['PALETTE', 'SKIN', 'HAIR', 'SIBLING_DETAILS', 'VIEWS', 'SPLIT_DIRS', 'GENERATOR', 'MARKER', 'CSV_HEADER',
+           'sample_identity', 'make_sibling', 'sample_camera', 'sample_detection', 'render', 'OptionError',
+           'plan_world', 'sample_passer_by', 'passers_by', 'render_image', 'detection', 'UnusableRootError',
+           'make_world', 'colour_histograms', 'histogram_distances', 'synth_cli']
 
 # %% ../nbs/07_synthetic.ipynb #718b5c67
 PALETTE = np.array([[20, 20, 22], [235, 235, 230], [128, 128, 128], [30, 40, 90], [40, 90, 190], [120, 170, 225],
@@ -271,6 +272,41 @@ def _identities(seed:int, pids:range, sibling_frac:float) -> tuple[dict, dict]:
         else: people[pid] = sample_identity(rng)
     return people, siblings
 
+# %% ../nbs/07_synthetic.ipynb #b7e0c1a2
+class OptionError(ValueError):
+    "An option out of its range; `.option` names it (`hacnn_synth` reports it as `--option`)."
+    def __init__(self, option:str, expected:str, value):
+        super().__init__(f'{option} must be {expected}, not {value!r}')
+        self.option = option
+
+def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+def _is_real(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def _int_at_least(lo:int): return lambda v: _is_int(v) and v >= lo
+def _imgs_ok(v) -> bool:
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_is_int, v)) and 4 <= v[0] <= v[1]
+
+# %% ../nbs/07_synthetic.ipynb #b7e0c1a3
+_NONNEG = (lambda v: _is_real(v) and v >= 0, 'a finite number >= 0')
+_PROB = (lambda v: _is_real(v) and 0 <= v <= 1, 'a probability in [0, 1]')
+_RULES = dict(  # option: (test, what is expected)
+    seed=(_int_at_least(0), 'an integer >= 0'),
+    n_ids=(_int_at_least(2), 'an integer >= 2 (one train and one test identity)'),
+    imgs_per_id=(_imgs_ok, '(lo, hi): integers with 4 <= lo <= hi (two cameras, two images each)'),
+    n_cameras=(_int_at_least(2), 'an integer >= 2 (re-id matches across cameras)'),
+    n_distractors=(lambda v: v is None or _int_at_least(0)(v), 'None or an integer >= 0'),
+    height=(_int_at_least(1), 'an integer >= 1 (pixels)'),
+    width=(_int_at_least(1), 'an integer >= 1 (pixels)'),
+    quality=(lambda v: _is_int(v) and 1 <= v <= 100, 'an integer in 1..100 (JPEG quality)'),
+    workers=(_int_at_least(1), 'an integer >= 1'),
+    jitter=_NONNEG, clutter=_NONNEG, noise=_NONNEG, blur=_NONNEG, cast=_NONNEG,
+    occlusion=_PROB, sibling_frac=_PROB, crowd=_PROB)
+
+def _check_options(**opts):
+    "Raise `OptionError` for the first of `opts` (by `make_world`'s names) that is out of its range."
+    for name, value in opts.items():
+        ok, expected = _RULES[name]
+        if not ok(value): raise OptionError(name, expected, value)
+
 # %% ../nbs/07_synthetic.ipynb #cbee5fb8
 def plan_world(seed:int=0, # the world's seed
                n_ids:int=500, # identities in all; the first half train, the second half test
@@ -283,9 +319,7 @@ def plan_world(seed:int=0, # the world's seed
                noise:float=1.0, blur:float=1.0, cast:float=0.5, # camera knobs (see `sample_camera`)
               ) -> dict:
     "Cameras, identities and one entry per image (file name, split, pid, camera, view, detection, seed)."
-    if n_ids < 2: raise ValueError(f'n_ids must be at least 2 (one train and one test identity), not {n_ids}')
-    if imgs_per_id[0] < 4 or imgs_per_id[1] < imgs_per_id[0]: raise ValueError(f'imgs_per_id must be (lo, hi) with 4 <= lo <= hi, not {imgs_per_id}')
-    if n_cameras < 2: raise ValueError(f'n_cameras must be at least 2 (re-id matches across cameras), not {n_cameras}')
+    _check_options(**locals())  # every option, before anything is drawn
     cams = [sample_camera(np.random.default_rng([seed, 0, c]), noise, blur, cast) for c in range(n_cameras)]
     n_train = n_ids // 2
     people, siblings = _identities(seed, range(1, n_train + 1), sibling_frac)
@@ -361,25 +395,96 @@ def detection(world:dict, i:int, jitter:float=1.0, occlusion:float=0.1) -> dict:
     "The detection box of planned image `i` (from the image's own detection generator)."
     return sample_detection(np.random.default_rng(world['images'][i]['seed'] + [0]), jitter, occlusion)
 
-def _prepare_root(root:Path):
-    "Make `root` ready for a new world; refuse a folder that holds a dataset we did not write."
-    marker, dirs = root/'.synthetic_world', [root/d for d in SPLIT_DIRS.values()]
-    if not marker.is_file() and any(d.is_dir() and any(d.iterdir()) for d in dirs):
-        raise FileExistsError(f"{str(root)!r} already holds images that hacnn_synth did not write; "
-                              "choose an empty or new --root (nothing was changed)")
-    root.mkdir(parents=True, exist_ok=True); marker.write_text('written by hacnn_nbdev.synthetic.make_world\n')
-    (root/'world.json').unlink(missing_ok=True)  # written last: its presence means the world is complete
-    for d in dirs:
-        d.mkdir(exist_ok=True)
-        for f in d.iterdir():
-            if f.is_file(): f.unlink()
-
 def _render_all(world, kw, workers):
     n = len(world['images'])
     if workers <= 1: return _render_chunk((world, range(n), kw))
     from concurrent.futures import ProcessPoolExecutor
     chunks = [(world, range(s, min(n, s + 200)), kw) for s in range(0, n, 200)]
     with ProcessPoolExecutor(workers) as ex: return [a for part in ex.map(_render_chunk, chunks) for a in part]
+
+# %% ../nbs/07_synthetic.ipynb #b7e0c1b2
+MARKER, _MARK = '.synthetic_world', 'written by hacnn_nbdev.synthetic.make_world'
+CSV_HEADER = 'name,split,pid,camid,view,truncation,occlusion,sibling_of,differs_in'
+_IMAGE_NAME = re.compile(r'^\d{4,}_c\d+s1_\d{6,}_\d{2}\.jpg$')  # how `plan_world` names images
+
+class UnusableRootError(FileExistsError):
+    "`root` holds something `make_world` did not write, or is a file: nothing was changed."
+
+def _first_line(p:Path) -> str:
+    "The first line of file `p` (at most 4 kB of it)."
+    with open(p, 'rb') as f: return f.readline(4096).decode('utf-8', 'replace').rstrip('\r\n')
+
+def _our_meta(p:Path) -> dict|None:
+    "The world.json at `p` if `make_world` wrote it (a JSON object with our `format`), else None."
+    try: meta = json.loads(p.read_text())
+    except (OSError, ValueError): return None
+    ours = isinstance(meta, dict) and str(meta.get('format', '')).startswith('hacnn_nbdev.synthetic/')
+    return meta if ours else None
+
+# %% ../nbs/07_synthetic.ipynb #b7e0c1b3
+def _ours(p:Path, root:Path, marked:bool) -> bool:
+    "Did `make_world` write the file `p` (in `root` or a split folder)? Never in a folder without its marker."
+    if not marked or p.is_symlink() or not p.is_file(): return False
+    if p.parent != root: return bool(_IMAGE_NAME.match(p.name))
+    if p.name == 'world.json': return _our_meta(p) is not None
+    if p.name == 'images.csv': return _first_line(p) == CSV_HEADER
+    return p.name == MARKER
+
+def _foreign(root:Path) -> str|None:
+    "The first entry of folder `root` (sorted; its path in `root`) that `make_world` did not write, or None."
+    marked = (root/MARKER).is_file() and _first_line(root/MARKER) == _MARK
+    for p in sorted(root.iterdir()):
+        if p.name in SPLIT_DIRS.values() and p.is_dir() and not p.is_symlink():
+            bad = next((f for f in sorted(p.iterdir()) if not _ours(f, root, marked)), None)
+            if bad is not None: return f'{p.name}/{bad.name}'
+        elif not _ours(p, root, marked): return p.name
+    return None
+
+def _prepare_root(root:Path, why:str|None=None):
+    "Make `root` ready for a new world; refuse, changing nothing, a folder holding anything we did not write."
+    bad = _foreign(root) if root.is_dir() else None
+    if bad is not None:
+        also = f' (and the world there cannot be reused: {why})' if why else ''
+        raise UnusableRootError(f"{str(root)!r} holds {bad!r}, which hacnn_synth did not write{also}; "
+                                "choose another --root or empty that folder (nothing was changed)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root/MARKER).write_text(_MARK + '\n')
+    (root/'world.json').unlink(missing_ok=True)  # written last: its presence means the world is complete
+    for d in SPLIT_DIRS.values():
+        (root/d).mkdir(exist_ok=True)
+        for f in (root/d).iterdir(): f.unlink()  # every one is ours: `_foreign` looked at each
+
+# %% ../nbs/07_synthetic.ipynb #b7e0c1b4
+def _whole_jpeg(p:Path) -> bool:
+    "Does file `p` start and end like a JPEG (start- and end-of-image markers)? False if empty or truncated."
+    try:
+        with open(p, 'rb') as f:
+            start = f.read(2)
+            f.seek(-2, os.SEEK_END)
+            return start == b'\xff\xd8' and f.read(2) == b'\xff\xd9'
+    except OSError: return False
+
+def _world_problem(root:Path, meta:dict) -> str|None:
+    "Why the world `meta` (its world.json) describes is not whole in `root`; None if every image is there."
+    try: lines = (root/'images.csv').read_text().splitlines()
+    except (OSError, ValueError): return 'its images.csv is missing or unreadable'
+    if not lines or lines[0] != CSV_HEADER: return 'its images.csv is not the one hacnn_synth wrote'
+    listed = {s: set() for s in SPLIT_DIRS}
+    for line in lines[1:]:
+        name, split = (line.split(',') + [''])[:2]
+        if split not in listed: return f'its images.csv has a damaged row: {line[:60]!r}'
+        listed[split].add(name)
+    counts = meta['counts'] if isinstance(meta.get('counts'), dict) else {}
+    for split, sub in SPLIT_DIRS.items():
+        want, n, d = listed[split], counts.get(split), root/sub
+        have = {f.name for f in d.iterdir()} if d.is_dir() else set()
+        if len(want) != n: return f'its images.csv lists {len(want)} {split} images, its world.json {n}'
+        lost, extra = sorted(want - have), sorted(have - want)
+        if lost: return f'{len(lost)} of its {n} {split} images are missing (e.g. {sub}/{lost[0]})'
+        if extra: return f'{sub}/ holds {len(extra)} files it does not list (e.g. {extra[0]})'
+        bad = next((f for f in sorted(want) if not _whole_jpeg(d/f)), None)
+        if bad is not None: return f'{sub}/{bad} is empty or truncated'
+    return None
 
 # %% ../nbs/07_synthetic.ipynb #7ebf98d6
 def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 layout)
@@ -401,26 +506,32 @@ def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 lay
                workers:int=1, # processes for rendering (the files do not depend on it)
                overwrite:bool=False, # re-make even if `root` already holds this very world
               ) -> dict:
-    "Generate a synthetic re-id world into `root`; return its summary (parameters, counts, seconds)."
+    "Generate a synthetic re-id world into `root`; summary: params, counts, seconds, reused, remade_because."
+    _check_options(**{k: v for k, v in locals().items() if k not in ('root', 'overwrite')})  # before any file
+    root, t0 = Path(root), time.time()
+    if root.exists() and not root.is_dir():
+        raise UnusableRootError(f"{str(root)!r} is a file, not a folder; choose another --root "
+                                "(nothing was changed)")
     params = json.loads(json.dumps(dict(seed=seed, n_ids=n_ids, imgs_per_id=list(imgs_per_id), n_cameras=n_cameras, jitter=jitter,
         occlusion=occlusion, clutter=clutter, noise=noise, blur=blur, cast=cast, sibling_frac=sibling_frac, crowd=crowd,
-        n_distractors=n_distractors, height=height, width=width, quality=quality)))
-    root, t0 = Path(root), time.time()
-    if (root/'world.json').is_file() and not overwrite:
-        old = json.loads((root/'world.json').read_text())
-        if old.get('params') == params and old.get('format') == GENERATOR: return {**old, 'seconds': 0.0, 'reused': True}
-    _prepare_root(root)
+        n_distractors=n_distractors, height=height, width=width, quality=quality),
+        default=lambda o: o.item()))  # NumPy scalars as Python numbers
+    meta, why = None if overwrite else _our_meta(root/'world.json'), None
+    if meta is not None and meta.get('params') == params and meta.get('format') == GENERATOR:
+        why = _world_problem(root, meta)  # the very world: reused only if every image is there, whole
+        if why is None: return {**meta, 'seconds': 0.0, 'reused': True, 'remade_because': None}
+    _prepare_root(root, why)
     world = plan_world(seed, n_ids, tuple(imgs_per_id), n_cameras, jitter, occlusion, sibling_frac, n_distractors, noise, blur, cast)
     kw = dict(jitter=jitter, occlusion=occlusion, clutter=clutter, height=height, width=width, crowd=crowd)
     for im, arr in zip(world['images'], _render_all(world, kw, workers)):
         Image.fromarray(arr).save(root/SPLIT_DIRS[im['split']]/im['name'], quality=quality)
     summary = _write_meta(root, world, params, jitter, occlusion)
-    return {**summary, 'seconds': round(time.time() - t0, 2), 'reused': False}
+    return {**summary, 'seconds': round(time.time() - t0, 2), 'reused': False, 'remade_because': why}
 
 # %% ../nbs/07_synthetic.ipynb #4f10684c
 def _write_meta(root, world, params, jitter, occlusion) -> dict:
     "images.csv (one row per image: split, pid, camera, view, truncation, occlusion, sibling) and world.json."
-    rows = ['name,split,pid,camid,view,truncation,occlusion,sibling_of,differs_in']
+    rows = [CSV_HEADER]
     for i, im in enumerate(world['images']):
         d, sib = detection(world, i, jitter, occlusion), world['siblings'].get(im['pid'], ('', ''))
         rows.append(f"{im['name']},{im['split']},{im['pid']},{im['cam']},{VIEWS[im['view']]},{d['trunc']},{d['occ']},{sib[0]},{sib[1]}")
@@ -455,6 +566,21 @@ def histogram_distances(query:list, gallery:list, **kwargs) -> np.ndarray:
     q, g = colour_histograms([r[0] for r in query], **kwargs), colour_histograms([r[0] for r in gallery], **kwargs)
     return np.sqrt(np.maximum((q ** 2).sum(1)[:, None] + (g ** 2).sum(1)[None] - 2 * q @ g.T, 0))
 
+# %% ../nbs/07_synthetic.ipynb #b7e0c1d1
+def _on_command_line() -> bool:
+    "Is `synth_cli` running as the `hacnn_synth` command (fastcore parsed `sys.argv`), not called in Python?"
+    from fastcore import script
+    ctx = getattr(script, '_cli_func', None)  # the function fastcore runs as a command (perhaps another one's)
+    if ctx is None: return Path(sys.argv[0]).name == 'hacnn_synth'
+    return ctx.get() is getattr(synth_cli, '__wrapped__', synth_cli)
+
+def _cli_error(e:Exception, code:int, msg:str|None=None):
+    "On the command line: `hacnn_synth: error: <one line>` on stderr and exit `code`; from Python: raise `e`."
+    if not _on_command_line(): raise e
+    msg = msg or (f'--{e}' if isinstance(e, OptionError) else str(e))
+    print(f"hacnn_synth: error: {' '.join(msg.split())}", file=sys.stderr)
+    sys.exit(code)
+
 # %% ../nbs/07_synthetic.ipynb #4041dde9
 @call_parse
 def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
@@ -477,11 +603,21 @@ def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
               workers:int=0, # rendering processes (0: all cores, at most 4)
               overwrite:store_true=False, # write again even if the same world is there
              ):
-    "Generate the synthetic re-id world and print its statistics."
-    workers = workers or min(os.cpu_count() or 1, 4)
-    s = make_world(root, seed, n_ids, (imgs_min, imgs_max), n_cameras, jitter, occlusion, clutter, noise, blur, cast,
-                   sibling_frac, crowd, n_distractors, height, width, workers=workers, overwrite=overwrite)
+    "Generate the synthetic re-id world and print its statistics (a mistake: one line on stderr, exit 2/1)."
+    try:
+        if not _int_at_least(4)(imgs_min): raise OptionError('imgs_min', 'an integer >= 4', imgs_min)
+        if not _int_at_least(imgs_min)(imgs_max):
+            raise OptionError('imgs_max', f'an integer >= --imgs_min ({imgs_min})', imgs_max)
+        if not _int_at_least(0)(workers):
+            raise OptionError('workers', 'an integer >= 0 (0: all cores, at most 4)', workers)
+        s = make_world(root, seed, n_ids, (imgs_min, imgs_max), n_cameras, jitter, occlusion, clutter, noise, blur,
+                       cast, sibling_frac, crowd, n_distractors, height, width,
+                       workers=workers or min(os.cpu_count() or 1, 4), overwrite=overwrite)
+    except (OptionError, UnusableRootError) as e: _cli_error(e, 2)  # bad usage: nothing was changed
+    except OSError as e:  # the run failed (a full disk, say): no world.json, so the next run starts over
+        _cli_error(e, 1, f'writing the world into {root!r} failed: {e}')
     n = sum(s['counts'].values())
     msg = 'already there with the same options: reused' if s['reused'] else f"wrote {n} images in {s['seconds']:.1f} s"
+    if s['remade_because']: msg += f" (the world there could not be reused: {s['remade_because']})"
     print(f'{root}: {msg}')
     print(stats_table(SyntheticWorld(root)))

@@ -24,10 +24,10 @@ from .metrics import compute_distance, evaluate_rank
 from .evaluate import extract_features
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RESUMABLE_CHANGES', 'parse_widths', 'TrainConfig', 'hacnn_loss', 'param_groups', 'make_optimizer',
-           'make_scheduler', 'flip_batch', 'get_rng_state', 'set_rng_state', 'precision', 'autocast', 'DistInfo',
-           'init_distributed', 'StopFlag', 'TrainError', 'NonFiniteLossError', 'Trainer', 'train', 'read_history',
-           'plot_history', 'train_cli']
+__all__ = ['CKPT_FORMAT', 'RESUMABLE_CHANGES', 'parse_widths', 'TrainConfig', 'hacnn_loss', 'triplet_loss', 'param_groups',
+           'make_optimizer', 'make_scheduler', 'flip_batch', 'shift_batch', 'erase_batch', 'augment_batch',
+           'get_rng_state', 'set_rng_state', 'precision', 'autocast', 'DistInfo', 'init_distributed', 'StopFlag',
+           'TrainError', 'NonFiniteLossError', 'Trainer', 'train', 'read_history', 'plot_history', 'train_cli']
 
 # %% ../nbs/09_train.ipynb #2e0fb094
 def parse_widths(w:str|tuple|list, # '32,64,96' or (32, 64, 96)
@@ -42,7 +42,8 @@ class TrainConfig:
     "Every choice of a training run; the defaults are the paper's recipe (Sec. 4)."
     root:str=None           # dataset folder (e.g. data/market1501 or data/synthetic)
     out:str='runs/train'    # output folder: last.pt, metrics.jsonl, curves.png
-    dataset:str='market1501' # dataset under `root`: market1501, dukemtmcreid, cuhk03, synthetic (see `get_dataset`)
+    dataset:str='market1501' # dataset under `root`: market1501, dukemtmcreid, cuhk03, cuhk03np, cuhk01, synthetic (see `get_dataset`)
+    split:int=0             # which random split, for datasets that have several (CUHK01: 0-9; classic CUHK03: 0-19)
     epochs:int=150          # total epochs (Sec. 4: 150)
     batch_size:int=32       # images per optimiser step, over all processes (Sec. 4: 32)
     optimizer:str='adam'    # 'adam' (Sec. 4) or 'sgd' (momentum 0.9, Nesterov)
@@ -53,7 +54,11 @@ class TrainConfig:
     step_size:int=40        # epochs between learning-rate drops of the 'step' schedule
     gamma:float=0.1         # factor of each 'step' drop
     label_smoothing:float=0.0 # cross-entropy label smoothing (0: the paper's plain softmax loss)
+    triplet:float=0.0       # weight of a batch-hard triplet loss on the global and local features (0: off, as in the paper)
+    margin:float=0.3        # the triplet loss's margin
     flip:bool=False         # random horizontal flips (the paper uses no augmentation)
+    random_crop:float=0.0   # random translations of up to this fraction of height and width (0: off, as in the paper)
+    random_erasing:float=0.0 # probability of blanking one random rectangle per image (0: off, as in the paper)
     sampler:str='random'    # 'random' shuffling, or 'identity': batch_size/num_instances identities x num_instances images
     num_instances:int=4     # images per identity in a batch of the 'identity' sampler
     widths:str='128,256,384' # Inception widths d1,d2,d3 (Sec. 4: 128,256,384)
@@ -105,6 +110,19 @@ def hacnn_loss(global_logits:torch.Tensor, # (N, num_classes) from the global br
                      correct_local=hit(local_logits), correct=hit(global_logits.float() + local_logits.float()))
     return lg + ll, parts
 
+# %% ../nbs/09_train.ipynb #a9f3e13e
+def triplet_loss(feats:torch.Tensor, # (N, D) features of one batch
+                 pids:torch.Tensor, # (N,) identities
+                 margin:float=0.3, # m: how much nearer the farthest positive must be than the nearest negative
+                ) -> torch.Tensor:
+    "Batch-hard triplet loss (Hermans et al., 2017), averaged over the anchors that have a positive and a negative."
+    d = torch.cdist(feats.float(), feats.float())
+    same = pids[:, None] == pids[None, :]
+    pos = d.masked_fill(~same, 0).amax(1)
+    neg = d.masked_fill(same, float('inf')).amin(1)
+    ok = (same.sum(1) > 1) & (~same).any(1)
+    return F.relu(pos - neg + margin)[ok].mean() if ok.any() else feats.sum() * 0
+
 # %% ../nbs/09_train.ipynb #ec7ae358
 def param_groups(model:nn.Module, # the network
                  cfg:TrainConfig, # theta_lr_mult, base_lr
@@ -135,13 +153,62 @@ def make_scheduler(opt:torch.optim.Optimizer, # the optimiser whose lr is schedu
     raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'constant', 'step' or 'cosine'")
 
 # %% ../nbs/09_train.ipynb #a4753f37
+def _batch_gen(seed:int, epoch:int, step:int, rank:int, salt:int=0) -> torch.Generator:
+    "A generator that is a pure function of (seed, epoch, step, rank) and of which augmentation (`salt`) asks."
+    base = ((seed * 1_000_003 + epoch) * 100_003 + step) * 101 + rank
+    return torch.Generator().manual_seed(base if salt == 0 else base * 7 + salt)
+
 def flip_batch(x:torch.Tensor, # (N, C, H, W) images
                seed:int, epoch:int, step:int, rank:int=0, # what the coin flips depend on
               ) -> torch.Tensor:
     "Mirror about half of the images left-right; the choice is a pure function of (seed, epoch, step, rank)."
-    g = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 100_003 + step) * 101 + rank)
+    g = _batch_gen(seed, epoch, step, rank)
     m = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
     return torch.where(m[:, None, None, None], x.flip(-1), x)
+
+# %% ../nbs/09_train.ipynb #96079454
+def shift_batch(x:torch.Tensor, # (N, C, H, W) normalised images
+                frac:float, # largest shift, as a fraction of the height and of the width
+                seed:int, epoch:int, step:int, rank:int=0, # what the shifts depend on
+               ) -> torch.Tensor:
+    "Translate every image by a random (dy, dx) of up to `frac` of its size; the border it uncovers is 0 (the mean)."
+    if frac <= 0: return x
+    N, _, H, W = x.shape; my, mx = round(frac * H), round(frac * W)
+    g = _batch_gen(seed, epoch, step, rank, salt=1)
+    dy, dx = torch.randint(-my, my + 1, (N,), generator=g), torch.randint(-mx, mx + 1, (N,), generator=g)
+    padded = F.pad(x, (mx, mx, my, my))
+    return torch.stack([padded[i, :, my - a: my - a + H, mx - b: mx - b + W] for i, (a, b) in enumerate(zip(dy.tolist(), dx.tolist()))])
+
+# %% ../nbs/09_train.ipynb #b6fdf913
+def erase_batch(x:torch.Tensor, # (N, C, H, W) normalised images
+                p:float, # probability that an image gets a rectangle erased
+                seed:int, epoch:int, step:int, rank:int=0, # what the rectangles depend on
+                area:tuple=(0.02, 0.4), # range of the rectangle's area, as a fraction of the image
+                aspect:tuple=(0.3, 3.3), # range of its height / width
+               ) -> torch.Tensor:
+    "Random erasing (Zhong et al., AAAI 2020): with probability `p`, one random rectangle of an image is set to 0 (the mean)."
+    if p <= 0: return x
+    N, _, H, W = x.shape; g = _batch_gen(seed, epoch, step, rank, salt=2)
+    u = torch.rand(N, 5, generator=g, dtype=torch.float64)
+    keep = torch.ones(N, 1, H, W, device=x.device, dtype=x.dtype)
+    for i in range(N):
+        if u[i, 0] >= p: continue
+        s = H * W * (area[0] + (area[1] - area[0]) * u[i, 1].item())
+        r = math.exp(math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * u[i, 2].item())
+        h, w = min(H, round(math.sqrt(s * r))), min(W, round(math.sqrt(s / r)))
+        y, x0 = int(u[i, 3].item() * (H - h + 1)), int(u[i, 4].item() * (W - w + 1))
+        keep[i, :, y:y + h, x0:x0 + w] = 0
+    return x * keep
+
+# %% ../nbs/09_train.ipynb #d984cc37
+def augment_batch(x:torch.Tensor, # (N, C, H, W) normalised images
+                  cfg:TrainConfig, # flip, random_crop, random_erasing, seed
+                  epoch:int, step:int, rank:int=0, # where in the run this batch is
+                 ) -> torch.Tensor:
+    "The recipe's augmentations of one batch, in a fixed order: flip, shift, erase."
+    if cfg.flip: x = flip_batch(x, cfg.seed, epoch, step, rank)
+    x = shift_batch(x, cfg.random_crop, cfg.seed, epoch, step, rank)
+    return erase_batch(x, cfg.random_erasing, cfg.seed, epoch, step, rank)
 
 # %% ../nbs/09_train.ipynb #980046d6
 def get_rng_state() -> dict:
@@ -248,7 +315,7 @@ def load_data(self:Trainer):
     if not Path(c.root).is_dir():
         raise TrainError(f"no data at {c.root!r}: the folder does not exist. Download the dataset there, "
                          f"or generate the synthetic world with `hacnn_synth --root {c.root}`.")
-    try: self.ds = get_dataset(c.dataset, c.root)
+    try: self.ds = get_dataset(c.dataset, c.root, split=c.split)
     except FileNotFoundError as e: raise TrainError(str(e)) from None  # the data module's message names the layout and the fix
     except (KeyError, ValueError, RuntimeError) as e: raise TrainError(f"could not read the {c.dataset!r} dataset at {c.root!r}: {e}") from None
     if not self.ds.train: raise TrainError(f"the dataset at {c.root!r} has no training images; check --root and --dataset")
@@ -320,7 +387,10 @@ def build(self:Trainer, ck:dict|None):
     self.opt = make_optimizer(param_groups(self.model, c), c)
     self.sched = make_scheduler(self.opt, c)
     if ck is not None: self.load_state(ck)
-    self.net = self.model
+    self.net, self.feats = self.model, {}
+    if c.triplet > 0:  # the classifiers' inputs are the 512-d features: keep them for the triplet loss (works under DDP)
+        for k in ('global', 'local'):
+            getattr(self.model, f'{k}_cls').register_forward_pre_hook(lambda m, a, k=k: self.feats.__setitem__(k, a[0]))
     if self.dist.world_size > 1:
         ids = [self.device.index] if self.device.type == 'cuda' else None
         self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
@@ -372,9 +442,12 @@ def train_step(self:Trainer, x:torch.Tensor, pids:torch.Tensor, step:int, stop:S
     if self._agree(stop.requested)[0]: return None  # before the forward pass, which updates BN statistics
     x = x.to(self.device, non_blocking=True); pids = pids.to(self.device, non_blocking=True)
     x = x.contiguous(memory_format=torch.channels_last)
-    if c.flip: x = flip_batch(x, c.seed, self.epoch + 1, step, self.dist.rank)
+    x = augment_batch(x, c, self.epoch + 1, step, self.dist.rank)
     with autocast(self.device, self.autocast_dtype): g, l = self.net(x)
     loss, parts = hacnn_loss(g, l, pids, c.label_smoothing)
+    if c.triplet > 0:
+        t = sum(triplet_loss(self.feats[k], pids, c.margin) for k in ('global', 'local'))
+        loss, parts = loss + c.triplet * t, dict(parts, loss_triplet=t.item())
     if self._agree(not math.isfinite(loss.item()))[0]: raise NonFiniteLossError(self._nonfinite_msg(loss.item(), step))
     self.opt.zero_grad(set_to_none=True)
     self.scaler.scale(loss).backward(); self.scaler.step(self.opt); self.scaler.update()
@@ -388,7 +461,7 @@ def _nonfinite_msg(self:Trainer, v:float, step:int) -> str:
             f"{kept}. Lower the learning rate (now {self.cfg.base_lr:g}), try --amp off, or check the data; then continue with --resume.")
 
 # %% ../nbs/09_train.ipynb #4dff0947
-_SUMS = ('loss', 'loss_global', 'loss_local', 'correct_global', 'correct_local', 'correct', 'n', 'time')
+_SUMS = ('loss', 'loss_global', 'loss_local', 'loss_triplet', 'correct_global', 'correct_local', 'correct', 'n', 'time')
 
 @patch
 def run_epoch(self:Trainer, stop:StopFlag, bar=None) -> bool:
@@ -399,7 +472,7 @@ def run_epoch(self:Trainer, stop:StopFlag, bar=None) -> bool:
     for step, (x, pids, _) in enumerate(self.train_loader, start=self.step_in_epoch):
         r = self.train_step(x, pids, step, stop)
         if r is None: break
-        for k in _SUMS[:-2]: sums[k] += r[k] * (r['n'] if k.startswith('loss') else 1)
+        for k in _SUMS[:-2]: sums[k] += r.get(k, 0.) * (r['n'] if k.startswith('loss') else 1)
         sums['n'] += r['n']; self.step_in_epoch = step + 1
         if bar is not None: bar.update(1); bar.set_postfix(loss=f"{r['loss']:.3f}")
     else: r = True
@@ -419,6 +492,7 @@ def end_epoch(self:Trainer):
     rec = dict(epoch=self.epoch, images=int(s['n']), loss=s['loss'] / n, loss_global=s['loss_global'] / n, loss_local=s['loss_local'] / n,
                acc=s['correct'] / n, acc_global=s['correct_global'] / n, acc_local=s['correct_local'] / n,
                lr=self.opt.param_groups[0]['lr'], time=s['time'], images_per_s=s['n'] / max(s['time'], 1e-9))
+    if self.cfg.triplet > 0: rec['loss_triplet'] = s['loss_triplet'] / n
     self.sched.step(); self.step_in_epoch, self.partial = 0, {}
     if self.cfg.eval_every and (self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
         rec.update(self.evaluate())
@@ -526,7 +600,8 @@ def _cli_fail(e:BaseException, code:int):
 @call_parse
 def train_cli(root:str=None, # dataset folder (e.g. data/market1501, data/synthetic)
               out:str='runs/train', # output folder: last.pt (resumable), metrics.jsonl, curves.png, best.pt
-              dataset:str='market1501', # dataset layout: market1501, dukemtmcreid, cuhk03, synthetic
+              dataset:str='market1501', # dataset layout: market1501, dukemtmcreid, cuhk03, cuhk03np, cuhk01, synthetic
+              split:int=0, # which random split, for datasets that have several (CUHK01: 0-9; classic CUHK03: 0-19)
               epochs:int=150, # total epochs (Sec. 4: 150)
               batch_size:int=32, # images per step over all processes (Sec. 4: 32)
               optimizer:str='adam', # adam (Sec. 4: betas 0.9, 0.999) or sgd (Nesterov momentum 0.9)
@@ -537,7 +612,11 @@ def train_cli(root:str=None, # dataset folder (e.g. data/market1501, data/synthe
               step_size:int=40, # epochs between drops of the step schedule
               gamma:float=0.1, # factor of each step drop
               label_smoothing:float=0.0, # cross-entropy label smoothing (0: the paper's)
+              triplet:float=0.0, # weight of a batch-hard triplet loss on the global and local features (0: off)
+              margin:float=0.3, # the triplet loss's margin
               flip:bool=False, # random horizontal flips (the paper uses no augmentation)
+              random_crop:float=0.0, # random translations of up to this fraction of the image size (0: off)
+              random_erasing:float=0.0, # probability of erasing one random rectangle per image (0: off)
               sampler:str='random', # random, or identity (batch_size/num_instances ids x num_instances images)
               num_instances:int=4, # images per identity in an identity-sampler batch
               widths:str='128,256,384', # Inception widths d1,d2,d3 (Sec. 4: 128,256,384; the CPU demo uses 32,64,96)

@@ -1,5 +1,5 @@
 "Tests for hacnn_nbdev.metrics: fast vs naive evaluators, protocols, bad input, FAISS, re-ranking, pictures."
-import importlib.util, os, warnings
+import importlib.util, os, re, warnings
 import numpy as np, pytest, torch, matplotlib
 matplotlib.use('Agg')
 from hacnn_nbdev import metrics as M
@@ -128,3 +128,100 @@ def test_agrees_with_common_toolbox_when_installed():
     d = compute_distance(fs.q_feats, fs.g_feats); lab = (fs.q_pids, fs.g_pids, fs.q_camids, fs.g_camids)
     cmc, mAP = tr.eval_market1501(d, *lab, 50)[:2]
     r = evaluate_rank(d, *lab); np.testing.assert_allclose(r.cmc, cmc, atol=1e-6); assert abs(r.mAP - mAP) < 1e-6
+
+
+
+# --- the input contract: one check (check_rank_inputs) at every public entry point ------------------------------
+
+def _nan(d, *lab):
+    d = d.astype(np.float64)
+    d[-1, -1] = np.nan                                                          # in the last block, last column
+    return (d, *lab)
+def _float_pid(d, qp, gp, qc, gc): return d, qp + 0.4, gp, qc, gc               # 1.4 must not become 1
+def _nan_camid(d, qp, gp, qc, gc): return d, qp, gp, qc, np.r_[gc[:-1], np.nan]
+def _text_pid(d, qp, gp, qc, gc): return d, qp, gp.astype(str), qc, gc
+def _bool_pid(d, qp, gp, qc, gc): return d, qp > 1, gp, qc, gc
+def _complex(d, *lab): return (d + 1j, *lab)                                    # the imaginary part must not vanish
+def _torch_complex(d, *lab): return (torch.tensor(d) * (1 + 1j), *lab)
+def _text(d, *lab): return (d.astype(str), *lab)
+def _boolean(d, *lab): return (d > 0.5, *lab)
+def _transposed(d, *lab): return (d.T, *lab)
+def _one_d(d, *lab): return (d.ravel(), *lab)
+def _no_query(d, qp, gp, qc, gc): return d[:0], qp[:0], gp, qc[:0], gc
+def _no_gallery(d, qp, gp, qc, gc): return d[:, :0], qp, gp[:0], qc, gc[:0]
+
+FAULTS = [(_nan, ValueError, 'distmat contains NaN'), (_float_pid, ValueError, 'q_pids must hold integers'),
+          (_nan_camid, ValueError, 'g_camids must hold integers'), (_text_pid, TypeError, 'g_pids must hold integers'),
+          (_bool_pid, TypeError, 'q_pids must hold integers'), (_complex, TypeError, 'not complex'),
+          (_torch_complex, TypeError, 'not complex'), (_text, TypeError, 'distmat must hold real numbers'),
+          (_boolean, TypeError, 'distmat must hold real numbers'),
+          (_transposed, ValueError, 'must be (len(q_pids), len(g_pids)) = (14, 41)'),
+          (_one_d, ValueError, 'must be (len(q_pids), len(g_pids))'),
+          (_no_query, ValueError, 'q_pids is empty'), (_no_gallery, ValueError, 'g_pids is empty')]
+ENTRY_POINTS = {'evaluate_rank': evaluate_rank, 'evaluate_rank_naive': evaluate_rank_naive,
+                'positive_ranks': positive_ranks, 'pair_distances': M.pair_distances,
+                'evaluate_single_shot': lambda *a: M.evaluate_single_shot(*a, n_repeats=2),
+                'check_rank_inputs': M.check_rank_inputs}
+
+
+@pytest.mark.parametrize('fault, err, msg', FAULTS, ids=[f[0].__name__ for f in FAULTS])
+@pytest.mark.parametrize('entry', ENTRY_POINTS)
+def test_every_entry_point_refuses_bad_input(entry, fault, err, msg):
+    case = random_case(1)
+    assert case[0].shape == (14, 41)
+    with pytest.raises(err, match=re.escape(msg)): ENTRY_POINTS[entry](*fault(*case))
+
+
+def test_integer_valued_labels_and_integer_distances_are_accepted():
+    d, qp, gp, qc, gc = random_case(5)
+    ref = evaluate_rank(d, qp, gp, qc, gc)
+    assert_same(evaluate_rank(d, qp.astype(float), gp.astype(np.float32), qc.astype(float), gc), ref)
+    assert_same(evaluate_rank_naive(d, torch.tensor(qp, dtype=torch.float64), gp, qc, gc), ref)
+    di = np.random.default_rng(0).integers(0, 4, d.shape)                      # integer distances: as float64, ties kept
+    for f in (evaluate_rank, evaluate_rank_naive):
+        assert_same(f(di, qp, gp, qc, gc), f(di.astype(np.float64), qp, gp, qc, gc))
+    assert_same(evaluate_rank(torch.tensor(di), qp, gp, qc, gc), evaluate_rank(di.astype(np.float64), qp, gp, qc, gc))
+    db = torch.tensor(np.where(np.isfinite(d), d, 1e3), dtype=torch.bfloat16)  # bfloat16: read as float32
+    assert_same(evaluate_rank(db, qp, gp, qc, gc), evaluate_rank(db.float().numpy(), qp, gp, qc, gc))
+
+
+@pytest.mark.parametrize('max_rank, err', [(0, ValueError), (-3, ValueError), (2.5, TypeError), ('5', TypeError),
+                                           (True, TypeError)])
+def test_max_rank_must_be_a_positive_integer(max_rank, err):
+    case = random_case(1)
+    for f in (evaluate_rank, evaluate_rank_naive, lambda *a, **k: M.evaluate_single_shot(*a, n_repeats=1, **k)):
+        with pytest.raises(err, match='max_rank must be an integer >= 1'): f(*case, max_rank=max_rank)
+    with pytest.raises(err, match='max_rank must be'): metrics_from_ranks(positive_ranks(*case), max_rank)
+    assert evaluate_rank(*case, max_rank=np.int64(3)).cmc.shape == (3,)
+
+
+def test_other_counts_must_be_positive_integers():
+    case = random_case(1)
+    with pytest.raises(ValueError, match='chunk_size must be an integer >= 1, not 0'): positive_ranks(*case, chunk_size=0)
+    with pytest.raises(ValueError, match='n_repeats must be an integer >= 1, not 0'):
+        M.evaluate_single_shot(*case, n_repeats=0)
+    d, qp, gp, qc, gc = case
+    with pytest.raises(ValueError, match='ap_mode'):                            # checked first, not after a match
+        evaluate_rank_naive(d, qp + 1000, gp, qc, gc, ap_mode='11point')
+
+
+def test_features_must_be_real_numbers():
+    q, g = np.ones((2, 3)), np.ones((4, 3))
+    with pytest.raises(TypeError, match='qf must hold real numbers'): compute_distance(q + 1j, g)
+    with pytest.raises(TypeError, match='qf must hold real numbers'): compute_distance(torch.ones(2, 3) * 1j, g)
+    with pytest.raises(TypeError, match='gf must hold real numbers'): compute_distance(q, g.astype(str))
+    with pytest.raises(TypeError, match='gf must hold real numbers'): compute_distance(q, g > 0)
+    with pytest.raises(ValueError, match='chunk_size must be an integer >= 1'): compute_distance(q, g, chunk_size=0)
+    np.testing.assert_array_equal(compute_distance(q.astype(int), g), compute_distance(q, g))
+
+
+def test_topk_and_multi_query_check_their_labels():
+    fs = simulate_features(n_ids=10, seed=0)
+    lab = (fs.q_pids, fs.g_pids, fs.q_camids, fs.g_camids)
+    with pytest.raises(ValueError, match='q_pids must hold integers'):
+        M.evaluate_topk(fs.q_feats, fs.g_feats, fs.q_pids + 0.5, *lab[1:])
+    with pytest.raises(ValueError, match=re.escape(f'q_feats ({len(fs.q_pids) - 1}) and g_feats')):
+        M.evaluate_topk(fs.q_feats[:-1], fs.g_feats, *lab)
+    with pytest.raises(ValueError, match='k must be an integer >= 1'): M.evaluate_topk(fs.q_feats, fs.g_feats, *lab, k=0)
+    with pytest.raises(ValueError, match='g_camids must hold integers'):
+        M.evaluate_multi_query(fs.q_feats, fs.q_pids, fs.q_camids, fs.g_feats, fs.g_pids, fs.g_camids + 0.5)

@@ -1,5 +1,5 @@
 """hacnn_nbdev.synthetic: the world's protocol, determinism, knobs, safety of the output folder, and the hacnn_synth CLI."""
-import csv, hashlib, json, re, subprocess, sys
+import csv, hashlib, json, re, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +8,8 @@ from PIL import Image
 
 from hacnn_nbdev.data import Market1501, SyntheticWorld
 from hacnn_nbdev.synthetic import (GENERATOR, SIBLING_DETAILS, colour_histograms, histogram_distances, make_sibling, make_world, synth_cli,
-                                   detection, passers_by, plan_world, render_image, sample_identity)
+                                   detection, passers_by, plan_world, render_image, sample_identity,
+                                   OptionError, UnusableRootError)
 
 SMALL = dict(n_ids=12, imgs_per_id=(4, 7), n_distractors=5)
 NAME = re.compile(r'^(\d{4})_c(\d)s1_(\d{6})_(\d{2})\.jpg$')
@@ -170,3 +171,173 @@ def test_cli(tmp_path, capsys):
     assert synth_cli(**kw) is None and 'reused' in capsys.readouterr().out    # in-process calls for the rest
     synth_cli(**kw, overwrite=True); assert 'wrote' in capsys.readouterr().out
     with pytest.raises(ValueError, match='n_ids'): synth_cli(root=str(tmp_path/'bad'), n_ids=1)
+
+
+
+# --- hostile input: nothing lost, every mistake answered ----------------------------------------------------
+
+TINY = dict(seed=0, n_ids=4, imgs_per_id=(4, 4), n_distractors=1)
+TINY_ARGS = ['--seed', 0, '--n_ids', 4, '--imgs_min', 4, '--imgs_max', 4, '--n_distractors', 1, '--workers', 1]
+
+
+def tree(root):
+    "Every path under `root` (files and folders), relative, with the bytes of each file."
+    paths = sorted(Path(root).rglob('*'))
+    return {p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None for p in paths}
+
+
+def cli(*args):
+    "Run the hacnn_synth command (its console script; `python -m hacnn_nbdev.synthetic` if not installed)."
+    exe = Path(sys.executable).parent/'hacnn_synth'
+    cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'hacnn_nbdev.synthetic']
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(r, code, *words):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('hacnn_synth: error: '), r.stderr   # no traceback
+    for w in words: assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    root = tmp_path/'tiny'
+    make_world(root, **TINY)
+    return root
+
+
+@pytest.mark.parametrize('kw, option', [
+    (dict(n_ids=0), 'n_ids'), (dict(n_ids=True), 'n_ids'), (dict(imgs_per_id=(2, 4)), 'imgs_per_id'),
+    (dict(imgs_per_id=(6, 5)), 'imgs_per_id'), (dict(imgs_per_id=5), 'imgs_per_id'), (dict(seed=-1), 'seed'),
+    (dict(seed=1.5), 'seed'), (dict(n_cameras=1), 'n_cameras'), (dict(clutter=-1), 'clutter'),
+    (dict(noise=-1), 'noise'), (dict(jitter=float('nan')), 'jitter'), (dict(occlusion=2), 'occlusion'),
+    (dict(crowd=-0.1), 'crowd'), (dict(sibling_frac=1.5), 'sibling_frac'), (dict(n_distractors=-1), 'n_distractors'),
+    (dict(height=0), 'height'), (dict(width=-4), 'width'), (dict(quality=0), 'quality'), (dict(workers=0), 'workers')])
+def test_bad_option_on_a_world_deletes_nothing(tiny, kw, option):
+    before = tree(tiny)
+    with pytest.raises(OptionError, match=f'^{option} must be ') as e: make_world(tiny, **{**TINY, **kw})
+    assert e.value.option == option and tree(tiny) == before
+
+
+def test_numpy_scalars_are_options_too(tmp_path):
+    s = make_world(tmp_path/'w', **{**TINY, 'seed': np.int64(0), 'jitter': np.float32(0.5)})
+    assert s['params']['seed'] == 0 and s['params']['jitter'] == 0.5
+
+
+@pytest.mark.parametrize('name, first', [('images.csv', 'images.csv'), ('world.json', 'world.json'),
+                                         ('notes.txt', 'notes.txt'), ('query/holiday.jpg', 'query/holiday.jpg'),
+                                         ('extra/a.txt', 'extra')])
+@pytest.mark.parametrize('content', ['{"mine": 1}', 'not JSON'])
+def test_refuses_a_folder_with_foreign_files_and_keeps_them(tmp_path, name, first, content):
+    root = tmp_path/'r'
+    (root/name).parent.mkdir(parents=True, exist_ok=True)
+    (root/name).write_text(content)
+    before = tree(root)
+    for overwrite in (False, True):
+        with pytest.raises(UnusableRootError) as e: make_world(root, **TINY, overwrite=overwrite)
+        msg = str(e.value)
+        assert f"{str(root)!r} holds {first!r}, which hacnn_synth did not write" in msg
+        assert 'choose another --root' in msg and '\n' not in msg
+        assert tree(root) == before                                             # nothing written or deleted
+
+
+@pytest.mark.parametrize('name', ['notes.txt', 'query/holiday.jpg', 'bounding_box_test/sub/x.jpg', 'images.csv'])
+def test_a_world_with_a_foreign_file_is_not_rewritten(tiny, name):
+    (tiny/name).parent.mkdir(parents=True, exist_ok=True)
+    (tiny/name).write_text('a user file')                                       # images.csv: the user's, over ours
+    before = tree(tiny)
+    for kw in (dict(overwrite=True), dict(n_distractors=2)):                    # forced, or other options
+        with pytest.raises(FileExistsError, match='which hacnn_synth did not write'):
+            make_world(tiny, **{**TINY, **kw})
+        assert tree(tiny) == before
+
+
+def test_never_deletes_through_a_link(tmp_path, tiny):
+    real = tmp_path/'market1501'/'query'
+    real.mkdir(parents=True)
+    (real/'0001_c1s1_000001_00.jpg').write_bytes(b'a real image')
+    shutil.rmtree(tiny/'query')
+    (tiny/'query').symlink_to(real, target_is_directory=True)
+    with pytest.raises(FileExistsError, match="holds 'query', which hacnn_synth did not write"):
+        make_world(tiny, **TINY)
+    assert (real/'0001_c1s1_000001_00.jpg').read_bytes() == b'a real image'
+
+
+def test_root_that_is_a_file(tmp_path):
+    f = tmp_path/'f'
+    f.write_text('mine')
+    with pytest.raises(FileExistsError, match='is a file, not a folder'): make_world(f, **TINY)
+    assert f.read_text() == 'mine'
+
+
+def _lose_a_query(r): next((r/'query').iterdir()).unlink()
+def _empty_a_gallery_image(r): next((r/'bounding_box_test').iterdir()).write_bytes(b'')
+def _lose_the_train_folder(r): shutil.rmtree(r/'bounding_box_train')
+def _lose_images_csv(r): (r/'images.csv').unlink()
+def _add_a_stale_image(r): (r/'query'/'0099_c1s1_000001_00.jpg').write_bytes(b'stale')
+
+def _cut_a_train_image(r):
+    f = sorted((r/'bounding_box_train').iterdir())[0]
+    f.write_bytes(f.read_bytes()[:-50])
+
+def _miscount(r):
+    meta = json.loads((r/'world.json').read_text())
+    meta['counts']['query'] += 1
+    (r/'world.json').write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize('damage, why', [
+    (_lose_a_query, 'query images are missing (e.g. query/'), (_empty_a_gallery_image, 'is empty or truncated'),
+    (_cut_a_train_image, 'is empty or truncated'), (_lose_the_train_folder, 'train images are missing'),
+    (_lose_images_csv, 'images.csv is missing'), (_add_a_stale_image, 'query/ holds 1 files it does not list'),
+    (_miscount, 'its world.json 5')])
+def test_only_a_whole_world_is_reused(tiny, damage, why):
+    before = tree(tiny)
+    damage(tiny)
+    s = make_world(tiny, **TINY)
+    assert s['reused'] is False and why in s['remade_because'], s['remade_because']
+    assert tree(tiny) == before                                                 # written again, byte for byte
+    again = make_world(tiny, **TINY)
+    assert again['reused'] is True and again['remade_because'] is None
+
+
+def test_a_damaged_world_with_a_foreign_file_says_both(tiny):
+    _lose_a_query(tiny)
+    (tiny/'notes.txt').write_text('mine')
+    before = tree(tiny)
+    with pytest.raises(FileExistsError) as e: make_world(tiny, **TINY)
+    assert "holds 'notes.txt'" in str(e.value) and 'query images are missing' in str(e.value)
+    assert tree(tiny) == before
+
+
+def test_cli_mistakes_are_one_line_and_change_nothing(tmp_path):
+    w = tmp_path/'w'
+    assert cli('--root', w, *TINY_ARGS).returncode == 0
+    before = tree(w)
+    for args, words in [(['--n_ids', 0], ['--n_ids must be an integer >= 2', 'not 0']),
+                        (['--imgs_min', 6, '--imgs_max', 5], ['--imgs_max must be an integer >= --imgs_min (6)']),
+                        (['--imgs_min', 2], ['--imgs_min must be an integer >= 4']),
+                        (['--seed', -1], ['--seed must be an integer >= 0']),
+                        (['--occlusion', 2], ['--occlusion must be a probability']),
+                        (['--workers', -1], ['--workers must be'])]:
+        one_line_error(cli('--root', w, *TINY_ARGS, *args), 2, *words)
+        assert tree(w) == before
+    next((w/'query').iterdir()).unlink()                                        # a damaged world is written again
+    r = cli('--root', w, *TINY_ARGS)
+    assert r.returncode == 0 and 'could not be reused' in r.stdout and 'missing' in r.stdout, r.stdout + r.stderr
+    assert tree(w) == before
+
+
+def test_cli_refuses_a_folder_it_did_not_write(tmp_path):
+    u = tmp_path/'u'
+    u.mkdir()
+    (u/'images.csv').write_text('my,data\n')
+    r = cli('--root', u, *TINY_ARGS)
+    one_line_error(r, 2, repr(str(u)), "'images.csv'", 'did not write', 'choose another --root')
+    assert tree(u) == {'images.csv': b'my,data\n'}
+    f = tmp_path/'file'
+    f.write_text('x')
+    one_line_error(cli('--root', f, *TINY_ARGS), 2, 'is a file, not a folder')
+    one_line_error(cli('--root', f/'sub', *TINY_ARGS), 1, 'writing the world into', 'failed')  # a failed run
+    assert f.read_text() == 'x'

@@ -1,0 +1,116 @@
+"""HA-CNN on real pedestrians, on a CPU: the real-data recipe (`hacnn_nbdev.realdata.REAL_RECIPE`) on
+CUHK03-NP (camera pair 1, labelled and detected boxes of the same frames) and on CUHK01, against the
+same network with every attention off (Table 5's "No attention"), over seeds; an untrained network and
+colour histograms beside them; on CUHK03-NP also the misalignment measured on the frame pairs
+(`pair_ranks`) and whether the hard regions follow the person from one box to the other (`region_tracking`).
+Each run trains in two DDP processes (about 10 minutes on a 2-core CPU); a run folder that already holds
+a finished run is only scored, so the script can be stopped and started again.
+
+    .venv/bin/python benchmarks/realdata.py --json benchmarks/results/realdata.json              # every run
+    .venv/bin/python benchmarks/realdata.py --only detected_ha_s0,detected_none_s0 --merge ...   # some runs
+    .venv/bin/python benchmarks/realdata.py --collect --json benchmarks/results/realdata.json    # tables only
+
+Run names: `<data>_<model>_s<seed>` with data `labeled`, `detected` (CUHK03-NP camera pair 1) or `cuhk01`
+(split = seed) and model `ha` or `none`. The datasets are read from `--cuhk03np` and `--cuhk01`
+(default `data/cuhk03-np`, `data/cuhk01`; see data/README.md).
+"""
+from __future__ import annotations
+import argparse, json, platform, time
+from pathlib import Path
+from statistics import mean, stdev
+import numpy as np, torch
+from hacnn_nbdev.core import load_checkpoint
+from hacnn_nbdev.data import get_dataset
+from hacnn_nbdev.model import HACNN
+from hacnn_nbdev.realdata import (real_config, run_real, histogram_scores, frame_pairs, pair_ranks, region_tracking,
+                                  register_pairs)
+
+DATA = {'labeled': 'cuhk03np-labeled', 'detected': 'cuhk03np-detected', 'cuhk01': 'cuhk01'}
+RUNS = [f'{d}_{m}_s{s}' for s in (0, 1, 2) for d in ('detected', 'labeled') for m in ('ha', 'none')] + \
+       [f'cuhk01_{m}_s{s}' for s in (0, 1, 2) for m in ('ha', 'none')]
+KEYS = ('rank1', 'mAP', 'mINP')
+
+
+def parse(name):
+    d, m, s = name.rsplit('_', 2)
+    if d not in DATA or m not in ('ha', 'none') or not s.startswith('s'):
+        raise SystemExit(f"unknown run {name!r}: expected <data>_<model>_s<seed>, data in {list(DATA)}, model ha or none")
+    return d, m, int(s[1:])
+
+
+def root_of(d, a): return a.cuhk01 if d == 'cuhk01' else a.cuhk03np
+
+
+def one(name, a):
+    d, m, s = parse(name)
+    cfg = real_config(DATA[d], root_of(d, a), Path(a.runs) / name, attention=(m == 'ha'), seed=s,
+                      split=s if d == 'cuhk01' else 0)
+    t = time.time(); r = run_real(cfg, procs=a.procs); r['seconds'] = round(time.time() - t, 1)
+    if d != 'cuhk01':  # the frame pairs: labelled box as query, detected boxes as gallery
+        model = HACNN.from_checkpoint(load_checkpoint(Path(cfg.out) / 'last.pt')).eval()
+        pairs = frame_pairs(a.cuhk03np)
+        pr = pair_ranks(model, pairs); pr.pop('ranks')
+        r['pairs'] = pr
+        if m == 'ha': r['tracking'] = region_tracking(model, pairs, register_pairs(pairs, a.cache))
+    r.update(data=d, model=m, seed=s)
+    return r
+
+
+def baselines(a):
+    out = {}
+    for d in ('labeled', 'detected'):
+        out[d] = histogram_scores(get_dataset(DATA[d], a.cuhk03np))
+    out['cuhk01'] = [histogram_scores(get_dataset('cuhk01', a.cuhk01, split=s)) for s in (0, 1, 2)]
+    return out
+
+
+def tables(res):
+    "Means (± sample std over seeds) per data and model, and HA-CNN minus no attention seed by seed."
+    runs = res['runs']; rows, diffs = [], []
+    for d in DATA:
+        for m in ('ha', 'none'):
+            rs = [r for r in runs.values() if r['data'] == d and r['model'] == m]
+            if not rs: continue
+            row = dict(data=d, model=m, n=len(rs))
+            for k in KEYS:
+                v = [100 * r[k] for r in rs]; row[k] = round(mean(v), 1); row[k + '_sd'] = round(stdev(v), 1) if len(v) > 1 else None
+            row['untrained_rank1'] = round(100 * mean(r['untrained']['rank1'] for r in rs), 1)
+            rows.append(row)
+        for s in sorted({r['seed'] for r in runs.values() if r['data'] == d}):
+            h, n = runs.get(f'{d}_ha_s{s}'), runs.get(f'{d}_none_s{s}')
+            if h and n: diffs.append(dict(data=d, seed=s, **{k: round(100 * (h[k] - n[k]), 1) for k in KEYS}))
+    return rows, diffs
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--json', default='benchmarks/results/realdata.json', help='results file (default: %(default)s)')
+    p.add_argument('--runs', default='runs/realdata', help='run folders (default: %(default)s)')
+    p.add_argument('--cuhk03np', default='data/cuhk03-np', help='CUHK03-NP folder with labeled/, detected/, pairs.csv')
+    p.add_argument('--cuhk01', default='data/cuhk01', help='CUHK01 folder (campus/ inside, or the images)')
+    p.add_argument('--cache', default='runs/realdata/registration.json', help='where the box registrations are kept')
+    p.add_argument('--only', default='', help='comma-separated run names (default: all)')
+    p.add_argument('--merge', action='store_true', help='keep the runs already in --json')
+    p.add_argument('--collect', action='store_true', help='rebuild the tables from --json only')
+    p.add_argument('--procs', type=int, default=2, help='training processes per run (default: %(default)s)')
+    a = p.parse_args()
+    path = Path(a.json)
+    res = json.loads(path.read_text()) if (a.merge or a.collect) and path.exists() else {'runs': {}}
+    if not a.collect:
+        names = a.only.split(',') if a.only else RUNS
+        for n in names: parse(n)
+        res.setdefault('baselines', baselines(a))
+        for n in names:
+            res['runs'][n] = one(n, a)
+            res['machine'] = dict(cpus=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version())
+            res['tables'], res['differences'] = tables(res)
+            path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(res, indent=1))
+            print(n, {k: round(res['runs'][n][k], 3) for k in KEYS}, f"{res['runs'][n]['seconds']:.0f} s", flush=True)
+    res['tables'], res['differences'] = tables(res)
+    path.write_text(json.dumps(res, indent=1))
+    for r in res['tables']: print(r)
+    for r in res['differences']: print(r)
+
+
+if __name__ == '__main__':
+    main()
