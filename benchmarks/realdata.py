@@ -22,8 +22,9 @@ import numpy as np, torch
 from hacnn_nbdev.core import load_checkpoint
 from hacnn_nbdev.data import get_dataset
 from hacnn_nbdev.model import HACNN
+from hacnn_nbdev.data import CUHK01
 from hacnn_nbdev.realdata import (real_config, run_real, histogram_scores, frame_pairs, pair_ranks, region_tracking,
-                                  register_pairs)
+                                  register_pairs, score_model)
 
 DATA = {'labeled': 'cuhk03np-labeled', 'detected': 'cuhk03np-detected', 'cuhk01': 'cuhk01'}
 RUNS = [f'{d}_{m}_s{s}' for s in (0, 1, 2) for d in ('detected', 'labeled') for m in ('ha', 'none')] + \
@@ -44,10 +45,12 @@ def root_of(d, a): return a.cuhk01 if d == 'cuhk01' else a.cuhk03np
 def one(name, a):
     d, m, s = parse(name)
     cfg = real_config(DATA[d], root_of(d, a), Path(a.runs) / name, attention=(m == 'ha'), seed=s,
-                      split=s if d == 'cuhk01' else 0)
+                      split=s if d == 'cuhk01' else 0, **({'epochs': a.epochs} if a.epochs else {}))
     t = time.time(); r = run_real(cfg, procs=a.procs); r['seconds'] = round(time.time() - t, 1)
-    if d != 'cuhk01':  # the frame pairs: labelled box as query, detected boxes as gallery
-        model = HACNN.from_checkpoint(load_checkpoint(Path(cfg.out) / 'last.pt')).eval()
+    model = HACNN.from_checkpoint(load_checkpoint(Path(cfg.out) / 'last.pt')).eval()
+    if d == 'cuhk01':  # the same split's people, both images of each camera (multi-shot)
+        r['multi_shot'] = score_model(model, CUHK01(a.cuhk01, split=s, multi_shot=True), cfg)
+    else:  # the frame pairs: labelled box as query, detected boxes as gallery
         pairs = frame_pairs(a.cuhk03np)
         pr = pair_ranks(model, pairs); pr.pop('ranks')
         r['pairs'] = pr
@@ -61,6 +64,7 @@ def baselines(a):
     for d in ('labeled', 'detected'):
         out[d] = histogram_scores(get_dataset(DATA[d], a.cuhk03np))
     out['cuhk01'] = [histogram_scores(get_dataset('cuhk01', a.cuhk01, split=s)) for s in (0, 1, 2)]
+    out['cuhk01_multi_shot'] = [histogram_scores(CUHK01(a.cuhk01, split=s, multi_shot=True)) for s in (0, 1, 2)]
     return out
 
 
@@ -92,6 +96,7 @@ def main():
     p.add_argument('--only', default='', help='comma-separated run names (default: all)')
     p.add_argument('--merge', action='store_true', help='keep the runs already in --json')
     p.add_argument('--collect', action='store_true', help='rebuild the tables from --json only')
+    p.add_argument('--epochs', type=int, default=0, help="epochs instead of the recipe's (a quick trial; 0: the recipe's)")
     p.add_argument('--procs', type=int, default=2, help='training processes per run (default: %(default)s)')
     a = p.parse_args()
     path = Path(a.json)

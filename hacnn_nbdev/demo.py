@@ -24,7 +24,7 @@ __all__ = ['DEMO_WORLD', 'DEMO_RECIPE', 'DEMO_THREADS', 'DEMO_PROCS', 'score', '
            'cli_args', 'train_processes', 'demo', 'demo_cli']
 
 # %% ../nbs/14_demo.ipynb #1a29e33a
-DEMO_WORLD = dict(seed=0)  # make_world's defaults: 500 identities (250 train), 8-12 images each, the calibrated difficulty
+DEMO_WORLD = dict(seed=0)  # make_world's defaults: 500 identities (250 train), 8-12 images each, the difficulty set in 07_synthetic
 DEMO_RECIPE = dict(dataset='synthetic', widths='32,64,96', epochs=16, eval_every=4, schedule='cosine',
                    flip=True, label_smoothing=0.1, theta_lr_mult=10.0)  # the rest: Sec. 4 (Adam 5e-4, batch 32, CE on both branches)
 DEMO_THREADS = 2  # CPU threads in all

@@ -19,7 +19,7 @@ from .train import TrainConfig, TrainError, train
 from .evaluate import evaluate_model, extract_features
 from .synthetic import histogram_distances
 from .viz import prepare_image
-from .demo import train_processes
+from .demo import DEMO_RECIPE, train_processes
 
 # %% auto #0
 __all__ = ['REAL_RECIPE', 'NO_ATTENTION', 'real_config', 'rank_summary', 'score_model', 'run_real', 'histogram_scores',
@@ -27,8 +27,8 @@ __all__ = ['REAL_RECIPE', 'NO_ATTENTION', 'real_config', 'rank_summary', 'score_
            'position_probe']
 
 # %% ../nbs/15_realdata.ipynb #347a5961
-REAL_RECIPE = dict(widths='32,64,96', epochs=20, schedule='cosine', flip=True, random_crop=0.1, label_smoothing=0.1,
-                   weight_decay=5e-4, sampler='identity', triplet=1.0, theta_lr_mult=10.0)  # the rest: Sec. 4
+REAL_RECIPE = {**{k: v for k, v in DEMO_RECIPE.items() if k not in ('dataset', 'eval_every')},
+               'random_crop': 0.1}  # the CPU demo's recipe (14_demo) plus random shifts; the rest: Sec. 4
 NO_ATTENTION = dict(spatial_attention=False, channel_attention=False, hard_attention=False, theta_lr_mult=1.0)
 
 def real_config(dataset:str, # 'cuhk03np-labeled', 'cuhk03np-detected' or 'cuhk01'
