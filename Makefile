@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first, pinned to the CPU wheel that lies on these machines' disk: a bare `torch` pulls a CUDA build of GBs.
 TORCH ?= torch==2.13.0
-# one thread per worker: two test workers x default threads on 2 cores oversubscribe (../shared/toolchain.md)
+# one thread per worker: two test workers x default threads on 2 cores oversubscribe
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
 N_WORKERS ?= 2
 

@@ -20,15 +20,16 @@ from .evaluate import evaluate_model, extract_features
 from .synthetic import histogram_distances
 from .viz import prepare_image
 from .demo import DEMO_RECIPE, train_processes
+from .experiments import Md
 
 # %% auto #0
-__all__ = ['REAL_RECIPE', 'NO_ATTENTION', 'real_config', 'rank_summary', 'score_model', 'run_real', 'histogram_scores',
-           'frame_pairs', 'pair_ranks', 'register_boxes', 'register_pairs', 'region_tracking', 'plot_pair_regions',
-           'position_probe']
+__all__ = ['REAL_RECIPE', 'NO_ATTENTION', 'DATA_NAMES', 'real_config', 'rank_summary', 'score_model', 'run_real',
+           'histogram_scores', 'frame_pairs', 'pair_ranks', 'register_boxes', 'register_pairs', 'region_tracking',
+           'plot_pair_regions', 'position_probe', 'scores_table', 'gain_table', 'pairs_table', 'tracking_table']
 
 # %% ../nbs/15_realdata.ipynb #347a5961
 REAL_RECIPE = {**{k: v for k, v in DEMO_RECIPE.items() if k not in ('dataset', 'eval_every')},
-               'random_crop': 0.1}  # the CPU demo's recipe (14_demo) plus random shifts; the rest: Sec. 4
+               'epochs': 12, 'random_crop': 0.1}  # the CPU demo's recipe (14_demo), 12 epochs, random shifts; the rest: Sec. 4
 NO_ATTENTION = dict(spatial_attention=False, channel_attention=False, hard_attention=False, theta_lr_mult=1.0)
 
 def real_config(dataset:str, # 'cuhk03np-labeled', 'cuhk03np-detected' or 'cuhk01'
@@ -249,3 +250,67 @@ def position_probe(model:torch.nn.Module, # a HACNN (any attention setting)
     best = lambda X: max(_ridge_r2(X, Y, g, a) for a in alphas)
     return dict(n=len(keep), level=level, shape=list(y.shape[1:]), pooled=best(y.mean((2, 3))),
                 rows=best(y.mean(3).reshape(len(y), -1)))
+
+# %% ../nbs/15_realdata.ipynb #a9d04a71
+DATA_NAMES = {'labeled': 'CUHK03-NP (camera pair 1), labelled boxes', 'detected': 'CUHK03-NP (camera pair 1), detected boxes',
+              'cuhk01': 'CUHK01 (485/486, single-shot)'}
+_KEYS = ('rank1', 'mAP', 'mINP')
+
+def _pm(v:list, digits:int=1) -> str:
+    "Mean ± sample standard deviation (the mean alone for one value)."
+    return f"{np.mean(v):.{digits}f}" + (f" ± {np.std(v, ddof=1):.{digits}f}" if len(v) > 1 else '')
+
+def _runs(res, d, m): return sorted((r for r in res['runs'].values() if r['data'] == d and r['model'] == m), key=lambda r: r['seed'])
+
+def scores_table(res:dict, # what benchmarks/realdata.py writes
+                ) -> Md:
+    "rank-1 / mAP / mINP (%, mean ± sd over seeds) of HA-CNN, no attention, the untrained network and colour histograms."
+    rows = ['| data | network | seeds | rank-1 | mAP | mINP |', '|---|---|---|---|---|---|']
+    for d, name in DATA_NAMES.items():
+        ha, no = _runs(res, d, 'ha'), _runs(res, d, 'none')
+        if not ha: continue
+        for label, rs in (('HA-CNN', ha), ('no attention (Table 5)', no)):
+            if rs: rows.append(f"| {name} | {label} | {len(rs)} | " + ' | '.join(_pm([100 * r[k] for r in rs]) for k in _KEYS) + ' |')
+        rows.append(f"| {name} | HA-CNN untrained | {len(ha)} | " + ' | '.join(_pm([100 * r['untrained'][k] for r in ha]) for k in _KEYS) + ' |')
+        h = res['baselines'][d]; h = h if isinstance(h, list) else [h]
+        rows.append(f"| {name} | colour histograms | {len(h)} split(s) | " + ' | '.join(_pm([100 * x[k] for x in h]) for k in _KEYS) + ' |')
+    return Md('\n'.join(rows))
+
+def gain_table(res:dict, # what benchmarks/realdata.py writes
+              ) -> Md:
+    "HA-CNN minus no attention, in points, seed by seed, with the mean ± sd."
+    rows = ['| data | ' + ' | '.join(f'seed {s}' for s in range(3)) + ' | mean ± sd |', '|---|---|---|---|---|']
+    for d, name in DATA_NAMES.items():
+        pairs = [(h, n) for h in _runs(res, d, 'ha') for n in _runs(res, d, 'none') if h['seed'] == n['seed']]
+        if not pairs: continue
+        diff = {k: [100 * (h[k] - n[k]) for h, n in pairs] for k in _KEYS}
+        cells = [' / '.join(f"{diff[k][i]:+.1f}" for k in _KEYS) for i in range(len(pairs))] + [''] * (3 - len(pairs))
+        rows.append(f"| {name} | " + ' | '.join(cells) + ' | ' + ' / '.join(_pm(diff[k]) for k in _KEYS) + ' |')
+    return Md('\n'.join(rows) + '\n\n(each cell: rank-1 / mAP / mINP, HA-CNN minus no attention, in points)')
+
+# %% ../nbs/15_realdata.ipynb #001f73a9
+def pairs_table(res:dict, # what benchmarks/realdata.py writes
+               ) -> Md:
+    "The frame-pair test per network: labelled box as query, detected boxes as gallery (mean over seeds)."
+    rows = ['| trained on | network | seeds | own detected box ranked 1st (%) | median rank | mean rank | distance ratio |',
+            '|---|---|---|---|---|---|---|']
+    for d in ('labeled', 'detected'):
+        for m, label in (('ha', 'HA-CNN'), ('none', 'no attention')):
+            rs = [r['pairs'] for r in _runs(res, d, m) if 'pairs' in r]
+            if rs: rows.append(f"| {d} boxes | {label} | {len(rs)} | {_pm([100 * p['top1'] for p in rs])} | "
+                               f"{np.mean([p['median_rank'] for p in rs]):.1f} | {np.mean([p['mean_rank'] for p in rs]):.1f} | "
+                               f"{np.mean([p['ratio'] for p in rs]):.2f} |")
+    return Md('\n'.join(rows))
+
+def tracking_table(res:dict, # what benchmarks/realdata.py writes
+                  ) -> Md:
+    "Per HA level: how far the person moved between a frame's two crops, how far the regions moved, and the slope."
+    rows = ['| trained on | level | person moved (y, mean) | regions moved (y, mean) | slope y (1 = follow) | slope x |',
+            '|---|---|---|---|---|---|']
+    for d in ('labeled', 'detected'):
+        rs = [r['tracking'] for r in _runs(res, d, 'ha') if 'tracking' in r]
+        for l in range(len(rs[0]['levels']) if rs else 0):
+            v = lambda k: [t['levels'][l][k] for t in rs]
+            rows.append(f"| {d} boxes | {l + 1} | {np.mean(v('person_shift_y')):.3f} | {np.mean(v('region_shift_y')):.3f} | "
+                        f"{_pm(v('slope_y'), 2)} | {_pm(v('slope_x'), 2)} |")
+    return Md('\n'.join(rows))
