@@ -11,7 +11,7 @@ a finished run is only scored, so the script can be stopped and started again.
     .venv/bin/python benchmarks/realdata.py --collect --json benchmarks/results/realdata.json    # tables only
 
 Run names: `<data>_<model>_s<seed>` with data `labeled`, `detected` (CUHK03-NP camera pair 1) or `cuhk01`
-(split = seed) and model `ha` or `none`. The datasets are read from `--cuhk03np` and `--cuhk01`
+(split = seed) and model `ha`, `none` or `ha1` (HA-CNN with the regions' FCs at the common learning rate). The datasets are read from `--cuhk03np` and `--cuhk01`
 (default `data/cuhk03-np`, `data/cuhk01`; see data/README.md).
 """
 from __future__ import annotations
@@ -30,12 +30,14 @@ DATA = {'labeled': 'cuhk03np-labeled', 'detected': 'cuhk03np-detected', 'cuhk01'
 RUNS = [f'{d}_{m}_s{s}' for s in (0, 1, 2) for d in ('detected', 'labeled') for m in ('ha', 'none')] + \
        [f'cuhk01_{m}_s{s}' for s in (0, 1, 2) for m in ('ha', 'none')]
 KEYS = ('rank1', 'mAP', 'mINP')
+MODELS = {'ha': dict(attention=True), 'none': dict(attention=False),
+          'ha1': dict(attention=True, theta_lr_mult=1.0)}  # ha1: the regions' FCs at the common learning rate (a diagnostic)
 
 
 def parse(name):
     d, m, s = name.rsplit('_', 2)
-    if d not in DATA or m not in ('ha', 'none') or not s.startswith('s'):
-        raise SystemExit(f"unknown run {name!r}: expected <data>_<model>_s<seed>, data in {list(DATA)}, model ha or none")
+    if d not in DATA or m not in MODELS or not s.startswith('s'):
+        raise SystemExit(f"unknown run {name!r}: expected <data>_<model>_s<seed>, data in {list(DATA)}, model in {list(MODELS)}")
     return d, m, int(s[1:])
 
 
@@ -44,17 +46,17 @@ def root_of(d, a): return a.cuhk01 if d == 'cuhk01' else a.cuhk03np
 
 def one(name, a):
     d, m, s = parse(name)
-    cfg = real_config(DATA[d], root_of(d, a), Path(a.runs) / name, attention=(m == 'ha'), seed=s,
+    cfg = real_config(DATA[d], root_of(d, a), Path(a.runs) / name, **MODELS[m], seed=s,
                       split=s if d == 'cuhk01' else 0, **({'epochs': a.epochs} if a.epochs else {}))
     t = time.time(); r = run_real(cfg, procs=a.procs); r['seconds'] = round(time.time() - t, 1)
     model = HACNN.from_checkpoint(load_checkpoint(Path(cfg.out) / 'last.pt')).eval()
     if d == 'cuhk01':  # the same split's people, both images of each camera (multi-shot)
         r['multi_shot'] = score_model(model, CUHK01(a.cuhk01, split=s, multi_shot=True), cfg)
-    else:  # the frame pairs: labelled box as query, detected boxes as gallery
+    elif s in a.analyses:  # the frame pairs: labelled box as query, detected boxes as gallery
         pairs = frame_pairs(a.cuhk03np)
         pr = pair_ranks(model, pairs); pr.pop('ranks')
         r['pairs'] = pr
-        if m == 'ha': r['tracking'] = region_tracking(model, pairs, register_pairs(pairs, a.cache))
+        if m != 'none': r['tracking'] = region_tracking(model, pairs, register_pairs(pairs, a.cache))
     r.update(data=d, model=m, seed=s)
     return r
 
@@ -97,8 +99,11 @@ def main():
     p.add_argument('--merge', action='store_true', help='keep the runs already in --json')
     p.add_argument('--collect', action='store_true', help='rebuild the tables from --json only')
     p.add_argument('--epochs', type=int, default=0, help="epochs instead of the recipe's (a quick trial; 0: the recipe's)")
+    p.add_argument('--analyses', default='0,1,2', help='seeds whose CUHK03-NP models get the frame-pair and region analyses (default: %(default)s)')
+    p.add_argument('--rescore', action='store_true', help='with --merge: score runs already in --json again')
     p.add_argument('--procs', type=int, default=2, help='training processes per run (default: %(default)s)')
     a = p.parse_args()
+    a.analyses = {int(x) for x in a.analyses.split(',') if x}
     path = Path(a.json)
     res = json.loads(path.read_text()) if (a.merge or a.collect) and path.exists() else {'runs': {}}
     if not a.collect:
@@ -106,6 +111,7 @@ def main():
         for n in names: parse(n)
         res.setdefault('baselines', baselines(a))
         for n in names:
+            if n in res['runs'] and not a.rescore: continue  # kept from --json (--merge)
             res['runs'][n] = one(n, a)
             res['machine'] = dict(cpus=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version())
             res['tables'], res['differences'] = tables(res)

@@ -123,7 +123,8 @@ def _grey(path, height):
 
 def register_boxes(labelled:str|Path, # the hand-drawn box of a frame
                    detected:str|Path, # the detector's box of the same frame
-                   scales=np.linspace(0.6, 1.5, 37), # sizes of the labelled box relative to the detected one, tried
+                   scale_range:tuple=(0.6, 1.5), # heights of the labelled box tried, relative to the detected one
+                   n_scales:int=37, # how many heights, evenly spaced over `scale_range`
                    height:int=80, # both crops are compared at this height (aspect kept)
                    pad:float=0.25, # the labelled box may stick out of the detected one by this fraction
                   ) -> tuple[np.ndarray, float]:
@@ -133,7 +134,7 @@ def register_boxes(labelled:str|Path, # the hand-drawn box of a frame
     py, px = round(pad * D.shape[0]), round(pad * D.shape[1])
     I = np.pad(D, ((py, py), (px, px)), mode='edge')
     best = (-2.0, None)
-    for s in scales:
+    for s in np.linspace(*scale_range, n_scales):
         h = max(8, round(s * height)); w = max(4, round(L.shape[1] * h / L.shape[0]))
         if h > I.shape[0] or w > I.shape[1]: continue
         T = np.asarray(Image.fromarray(L).resize((w, h), Image.BILINEAR), np.float64)
@@ -274,6 +275,12 @@ def scores_table(res:dict, # what benchmarks/realdata.py writes
         rows.append(f"| {name} | HA-CNN untrained | {len(ha)} | " + ' | '.join(_pm([100 * r['untrained'][k] for r in ha]) for k in _KEYS) + ' |')
         h = res['baselines'][d]; h = h if isinstance(h, list) else [h]
         rows.append(f"| {name} | colour histograms | {len(h)} split(s) | " + ' | '.join(_pm([100 * x[k] for x in h]) for k in _KEYS) + ' |')
+        ms = [r for r in ha + no if 'multi_shot' in r]  # CUHK01: the same networks, both images per camera
+        for label, rs in (('HA-CNN', [r for r in ms if r['model'] == 'ha']), ('no attention (Table 5)', [r for r in ms if r['model'] == 'none'])):
+            if rs: rows.append(f"| {name.replace('single', 'multi')} | {label} | {len(rs)} | " + ' | '.join(_pm([100 * r['multi_shot'][k] for r in rs]) for k in _KEYS) + ' |')
+        if ms and 'cuhk01_multi_shot' in res['baselines']:
+            h = res['baselines']['cuhk01_multi_shot']
+            rows.append(f"| {name.replace('single', 'multi')} | colour histograms | {len(h)} split(s) | " + ' | '.join(_pm([100 * x[k] for x in h]) for k in _KEYS) + ' |')
     return Md('\n'.join(rows))
 
 def gain_table(res:dict, # what benchmarks/realdata.py writes
