@@ -28,8 +28,9 @@ __all__ = ['REAL_RECIPE', 'NO_ATTENTION', 'DATA_NAMES', 'real_config', 'rank_sum
            'plot_pair_regions', 'position_probe', 'scores_table', 'gain_table', 'pairs_table', 'tracking_table']
 
 # %% ../nbs/15_realdata.ipynb #347a5961
+# the CPU demo's recipe (14_demo) for 12 epochs, with random shifts; the rest is Sec. 4's
 REAL_RECIPE = {**{k: v for k, v in DEMO_RECIPE.items() if k not in ('dataset', 'eval_every')},
-               'epochs': 12, 'random_crop': 0.1}  # the CPU demo's recipe (14_demo), 12 epochs, random shifts; the rest: Sec. 4
+               'epochs': 12, 'random_crop': 0.1}
 NO_ATTENTION = dict(spatial_attention=False, channel_attention=False, hard_attention=False, theta_lr_mult=1.0)
 
 def real_config(dataset:str, # 'cuhk03np-labeled', 'cuhk03np-detected' or 'cuhk01'
@@ -72,13 +73,14 @@ def run_real(cfg:TrainConfig, # from `real_config`
         rc = train_processes(cfg, procs) if procs > 1 else (train(cfg), [0])[1]
         if any(c != 0 for c in rc): raise TrainError(f"training {str(out)!r} failed (exit codes {rc})")
     ck = load_checkpoint(last)
-    if ck['epoch'] < cfg.epochs: raise TrainError(f"{str(out)!r} stopped at epoch {ck['epoch']} of {cfg.epochs}: run again to continue")
+    if ck['epoch'] < cfg.epochs:
+        raise TrainError(f"{str(out)!r} stopped at epoch {ck['epoch']} of {cfg.epochs}: run again to continue")
     seed_everything(cfg.seed)
     untrained = score_model(HACNN(**cfg.model_kwargs(ds.num_train_pids)).eval(), ds, cfg)
     s = dict(dataset=ds.name, **score_model(HACNN.from_checkpoint(ck).eval(), ds, cfg), untrained=untrained,
              epochs=ck['epoch'], train_seconds=sum(h['time'] for h in ck['history']),
              images_per_s=sum(h['images'] for h in ck['history']) / sum(h['time'] for h in ck['history']),
-             recipe={k: getattr(cfg, k) for k in REAL_RECIPE | NO_ATTENTION if k != 'theta_lr_mult'} | dict(theta_lr_mult=cfg.theta_lr_mult))
+             recipe={k: getattr(cfg, k) for k in REAL_RECIPE | NO_ATTENTION})
     (out / 'summary.json').write_text(json.dumps(s, indent=1))
     return s
 
@@ -89,7 +91,8 @@ def histogram_scores(ds, # a dataset with .query and .gallery
     "The non-learned baseline: per-stripe HSV colour histograms of the central part, Hellinger distances."
     d = histogram_distances(ds.query, ds.gallery, centre=centre)
     lab = lambda recs, i: np.array([r[i] for r in recs])
-    return rank_summary(evaluate_rank(d, lab(ds.query, 1), lab(ds.gallery, 1), lab(ds.query, 2), lab(ds.gallery, 2), max_rank=20))
+    labels = lab(ds.query, 1), lab(ds.gallery, 1), lab(ds.query, 2), lab(ds.gallery, 2)
+    return rank_summary(evaluate_rank(d, *labels, max_rank=20))
 
 # %% ../nbs/15_realdata.ipynb #eb66ee13
 def frame_pairs(root:str|Path, # the CUHK03-NP folder holding pairs.csv
@@ -106,15 +109,15 @@ def pair_ranks(model:torch.nn.Module, # a HACNN in eval mode
                pairs:list, # from `frame_pairs`
                height:int=160, width:int=64, # the network's input size
               ) -> dict:
-    "Each frame's labelled box as the query, every detected box as the gallery: where does the same frame's detected box rank among the boxes of *other* people?"
+    "Labelled boxes as queries, detected boxes as gallery: the rank of a frame's own detected box among other people's."
     fl, fd = (_features(model, [p[k] for p in pairs], height, width) for k in (1, 2))
     d = np.asarray(compute_distance(fl, fd), dtype=np.float64)  # (n, n): row i = labelled box i
     pid = np.array([p[3] for p in pairs]); other = pid[:, None] != pid[None, :]
     own = np.diag(d)
     rank = 1 + ((d < own[:, None]) & other).sum(1)
     ratio = own / np.array([np.median(row[m]) for row, m in zip(d, other)])
-    return dict(n=len(pairs), top1=float((rank == 1).mean()), median_rank=float(np.median(rank)), mean_rank=float(rank.mean()),
-                mrr=float((1 / rank).mean()), ratio=float(np.median(ratio)), ranks=rank)
+    return dict(n=len(pairs), top1=float((rank == 1).mean()), median_rank=float(np.median(rank)),
+                mean_rank=float(rank.mean()), mrr=float((1 / rank).mean()), ratio=float(np.median(ratio)), ranks=rank)
 
 # %% ../nbs/15_realdata.ipynb #0b4900e1
 def _grey(path, height):
@@ -128,7 +131,7 @@ def register_boxes(labelled:str|Path, # the hand-drawn box of a frame
                    height:int=80, # both crops are compared at this height (aspect kept)
                    pad:float=0.25, # the labelled box may stick out of the detected one by this fraction
                   ) -> tuple[np.ndarray, float]:
-    "Where the labelled box lies in the detected box's frame: (x0, y0, x1, y1) as fractions of the detected box, and the match's normalised correlation."
+    "The labelled box in the detected crop, (x0, y0, x1, y1) as fractions of it, and the match's normalised correlation."
     from scipy.signal import fftconvolve
     D = _grey(detected, height); L = _grey(labelled, height)
     py, px = round(pad * D.shape[0]), round(pad * D.shape[1])
@@ -146,7 +149,9 @@ def register_boxes(labelled:str|Path, # the hand-drawn box of a frame
         var = np.maximum(win(c2) - win(c1) ** 2 / (h * w), 1e-9)
         ncc = num / (tn * np.sqrt(var))
         y, x = np.unravel_index(np.argmax(ncc), ncc.shape)
-        if ncc[y, x] > best[0]: best = (float(ncc[y, x]), ((x - px) / D.shape[1], (y - py) / D.shape[0], (x - px + w) / D.shape[1], (y - py + h) / D.shape[0]))
+        if ncc[y, x] > best[0]:
+            x0, y0 = (x - px) / D.shape[1], (y - py) / D.shape[0]
+            best = (float(ncc[y, x]), (x0, y0, x0 + w / D.shape[1], y0 + h / D.shape[0]))
     return np.array(best[1]), best[0]
 
 # %% ../nbs/15_realdata.ipynb #8118a074
@@ -171,7 +176,7 @@ def region_tracking(model:torch.nn.Module, # a HACNN in eval mode (with learned 
                     min_corr:float=0.8, # frames whose two crops match less well are left out
                     height:int=160, width:int=64, # the network's input size
                    ) -> dict:
-    "Do the hard regions follow the person from the labelled to the detected box? Per level, the slope of the regions' move against the person's."
+    "Do the hard regions follow the person from the labelled to the detected box? Per level: their move against the person's."
     keep = [p for p in pairs if reg[p[0]][1] >= min_corr]
     x = lambda k: torch.cat([prepare_image(p[k], height, width)[0] for p in keep])
     with torch.no_grad(): ml, md = model.attention_maps(x(1)), model.attention_maps(x(2))
@@ -194,7 +199,7 @@ def plot_pair_regions(model:torch.nn.Module, # a HACNN in eval mode
                       level:int=2, # which HA level's regions to draw (0, 1, 2)
                       height:int=160, width:int=64, # the network's input size
                      ):
-    "For each frame: the labelled crop and the detected crop with their hard regions; dashed: where the labelled box lies in the detected crop."
+    "Each frame's labelled and detected crop with their hard regions; dashed: the labelled box in the detected crop."
     from matplotlib.patches import Rectangle
     from hacnn_nbdev.viz import draw_regions, box_to_pixels
     fig, axs = plt.subplots(1, 2 * len(pairs), figsize=(1.1 * 2 * len(pairs), 2.6), squeeze=False)
@@ -225,7 +230,7 @@ def _ha_inputs(model, paths, level, height, width, batch=128):
     return torch.cat(out).float().numpy()
 
 def _ridge_r2(X, Y, groups, alpha=10.0, folds=5):
-    "Cross-validated R² of a ridge regression X → Y (penalty `alpha` x samples), folds split by `groups` (people), averaged over Y's columns."
+    "Cross-validated R² of a ridge regression X → Y (penalty `alpha` × samples), folds by `groups`, mean over Y's columns."
     uniq = np.unique(groups); fold = {g: i % folds for i, g in enumerate(np.random.default_rng(0).permutation(uniq))}
     f = np.array([fold[g] for g in groups]); pred = np.zeros_like(Y)
     for k in range(folds):
@@ -240,10 +245,10 @@ def position_probe(model:torch.nn.Module, # a HACNN (any attention setting)
                    reg:dict, # from `register_pairs`
                    level:int=0, # which HA module's input to read (0, 1, 2)
                    min_corr:float=0.8, # frames whose two crops match less well are left out
-                   alphas:tuple=(1e-3, 1e-2, 1e-1, 1.0), # ridge penalties tried (relative to the number of samples); the best counts
+                   alphas:tuple=(1e-3, 1e-2, 1e-1, 1.0), # ridge penalties tried (× samples); the best counts
                    height:int=160, width:int=64, # the network's input size
                   ) -> dict:
-    "How much of where the person sits in a detected crop can be read linearly (cross-validated R²) from what Eq. 5 sees — the globally pooled vector — and from the same features pooled over the width only (rows kept)?"
+    "Cross-validated R² of a linear read-out of the person's place in a detected crop: from the pooled vector Eq. 5 sees, and from rows."
     keep = [p for p in pairs if reg[p[0]][1] >= min_corr]
     y = _ha_inputs(model, [p[2] for p in keep], level, height, width)               # (n, c, h, w)
     Y = np.array([[reg[p[0]][0][1], reg[p[0]][0][3]] for p in keep])              # top and bottom of the person's box
@@ -253,15 +258,19 @@ def position_probe(model:torch.nn.Module, # a HACNN (any attention setting)
                 rows=best(y.mean(3).reshape(len(y), -1)))
 
 # %% ../nbs/15_realdata.ipynb #a9d04a71
-DATA_NAMES = {'labeled': 'CUHK03-NP (camera pair 1), labelled boxes', 'detected': 'CUHK03-NP (camera pair 1), detected boxes',
-              'cuhk01': 'CUHK01 (485/486, single-shot)'}
+DATA_NAMES = {'labeled': 'CUHK03-NP (camera pair 1), labelled boxes',
+              'detected': 'CUHK03-NP (camera pair 1), detected boxes', 'cuhk01': 'CUHK01 (485/486, single-shot)'}
 _KEYS = ('rank1', 'mAP', 'mINP')
 
 def _pm(v:list, digits:int=1) -> str:
     "Mean ± sample standard deviation (the mean alone for one value)."
     return f"{np.mean(v):.{digits}f}" + (f" ± {np.std(v, ddof=1):.{digits}f}" if len(v) > 1 else '')
 
-def _runs(res, d, m): return sorted((r for r in res['runs'].values() if r['data'] == d and r['model'] == m), key=lambda r: r['seed'])
+def _runs(res, d, m): return sorted((r for r in res['runs'].values() if (r['data'], r['model']) == (d, m)),
+                                    key=lambda r: r['seed'])
+def _row(data, label, n, recs, key=None):  # one table row: mean ± sd (%) of rank-1, mAP, mINP over `recs`
+    vals = ' | '.join(_pm([100 * (r[key] if key else r)[k] for r in recs]) for k in _KEYS)
+    return f"| {data} | {label} | {n} | {vals} |"
 
 def scores_table(res:dict, # what benchmarks/realdata.py writes
                 ) -> Md:
@@ -271,16 +280,15 @@ def scores_table(res:dict, # what benchmarks/realdata.py writes
         ha, no = _runs(res, d, 'ha'), _runs(res, d, 'none')
         if not ha: continue
         for label, rs in (('HA-CNN', ha), ('no attention (Table 5)', no)):
-            if rs: rows.append(f"| {name} | {label} | {len(rs)} | " + ' | '.join(_pm([100 * r[k] for r in rs]) for k in _KEYS) + ' |')
-        rows.append(f"| {name} | HA-CNN untrained | {len(ha)} | " + ' | '.join(_pm([100 * r['untrained'][k] for r in ha]) for k in _KEYS) + ' |')
+            if rs: rows.append(_row(name, label, len(rs), rs))
+        rows.append(_row(name, 'HA-CNN untrained', len(ha), ha, 'untrained'))
         h = res['baselines'][d]; h = h if isinstance(h, list) else [h]
-        rows.append(f"| {name} | colour histograms | {len(h)} split(s) | " + ' | '.join(_pm([100 * x[k] for x in h]) for k in _KEYS) + ' |')
-        ms = [r for r in ha + no if 'multi_shot' in r]  # CUHK01: the same networks, both images per camera
-        for label, rs in (('HA-CNN', [r for r in ms if r['model'] == 'ha']), ('no attention (Table 5)', [r for r in ms if r['model'] == 'none'])):
-            if rs: rows.append(f"| {name.replace('single', 'multi')} | {label} | {len(rs)} | " + ' | '.join(_pm([100 * r['multi_shot'][k] for r in rs]) for k in _KEYS) + ' |')
-        if ms and 'cuhk01_multi_shot' in res['baselines']:
-            h = res['baselines']['cuhk01_multi_shot']
-            rows.append(f"| {name.replace('single', 'multi')} | colour histograms | {len(h)} split(s) | " + ' | '.join(_pm([100 * x[k] for x in h]) for k in _KEYS) + ' |')
+        rows.append(_row(name, 'colour histograms', f'{len(h)} split(s)', h))
+        multi = name.replace('single', 'multi')  # CUHK01: the same networks, both images of each camera
+        for label, rs in (('HA-CNN', ha), ('no attention (Table 5)', no)):
+            if any('multi_shot' in r for r in rs): rows.append(_row(multi, label, len(rs), rs, 'multi_shot'))
+        if any('multi_shot' in r for r in ha) and 'cuhk01_multi_shot' in res['baselines']:
+            h = res['baselines']['cuhk01_multi_shot']; rows.append(_row(multi, 'colour histograms', f'{len(h)} split(s)', h))
     return Md('\n'.join(rows))
 
 def gain_table(res:dict, # what benchmarks/realdata.py writes
