@@ -19,7 +19,7 @@ from .train import TrainConfig, TrainError, train
 from .evaluate import evaluate_model, extract_features
 from .synthetic import histogram_distances
 from .viz import prepare_image
-from .demo import DEMO_RECIPE, train_processes
+from .demo import DEMO_RECIPE, train_processes, score, scores
 from .experiments import Md
 
 # %% auto #0
@@ -49,15 +49,15 @@ def real_config(dataset:str, # 'cuhk03np-labeled', 'cuhk03np-detected' or 'cuhk0
 # %% ../nbs/15_realdata.ipynb #868c5993
 def rank_summary(r, # a RankResult
                 ) -> dict:
-    "rank-1/5/10, mAP and mINP of a RankResult as plain fractions."
-    return dict(rank1=float(r.cmc[0]), rank5=float(r.cmc[4]), rank10=float(r.cmc[9]), mAP=float(r.mAP), mINP=float(r.mINP))
+    "rank-1/5/10, mAP and mINP of a RankResult as plain fractions (`14_demo`'s `scores` without the CMC curve)."
+    return {k: v for k, v in scores(r).items() if k != 'cmc'}
 
 def score_model(model:torch.nn.Module, # a HACNN in eval mode
                 ds, # a dataset with .query and .gallery
                 cfg:TrainConfig, # its recipe (input size)
                ) -> dict:
-    "rank-1/5/10, mAP, mINP of `model` on ds's query/gallery split."
-    return rank_summary(evaluate_model(model, ds, 128, cfg.height, cfg.width, progress=False, max_rank=20).results['SQ'])
+    "rank-1/5/10, mAP, mINP of `model` on ds's query/gallery split (`14_demo`'s `score`)."
+    return rank_summary(score(model, ds, cfg.height, cfg.width).results['SQ'])
 
 # %% ../nbs/15_realdata.ipynb #39b64208
 def run_real(cfg:TrainConfig, # from `real_config`

@@ -1,6 +1,6 @@
 """The real-data loaders (CUHK03-NP folders, CUHK01) on fixture trees in their real layouts, the real-data recipe
-and analyses; and, where the real folders are present (``$HACNN_REALDATA``, else ``../shared/realdata`` beside the
-repository), the same loaders on the real datasets. Without those folders the real-data tests skip, saying why."""
+and analyses; and, where the real folders are present (``$HACNN_REALDATA``, else ``data/`` of the repository, holding
+``cuhk01/`` and ``cuhk03-np/``), the same loaders on the real datasets. Without them the real-data tests skip, saying why."""
 import os
 import subprocess
 import sys
@@ -19,8 +19,8 @@ from hacnn_nbdev.realdata import (NO_ATTENTION, REAL_RECIPE, pair_ranks, real_co
 from hacnn_nbdev.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(os.environ.get('HACNN_REALDATA', REPO.parent / 'shared' / 'realdata'))
-needs_real = pytest.mark.skipif(not (REALDATA / 'cuhk01').is_dir(),
+REALDATA = Path(os.environ.get('HACNN_REALDATA', REPO / 'data'))
+needs_real = pytest.mark.skipif(not ((REALDATA / 'cuhk01').is_dir() and (REALDATA / 'cuhk03-np').is_dir()),
                                 reason=f'real datasets not present at {REALDATA} (set HACNN_REALDATA to their folder)')
 
 
@@ -156,11 +156,11 @@ def test_registration_and_tracking_on_a_shifted_frame(tmp_path):
 @needs_real
 def test_real_cuhk03np_pair1():
     for boxes, n_train in (('labeled', 4145), ('detected', 4145)):
-        ds = CUHK03NP(REALDATA / 'cuhk03-np-pair1', boxes)
+        ds = CUHK03NP(REALDATA / 'cuhk03-np', boxes)
         assert ds.name == f'CUHK03-NP (camera pair 1, {boxes})' and not ds.comparable
         assert (ds.num_train_pids, len(ds.train), len(ds.query), len(ds.gallery)) == (427, n_train, 832, 3200)
         assert not {r[1] for r in ds.query} - {r[1] for r in ds.gallery}  # every query has its match
-    pairs = read_cuhk03np_pairs(REALDATA / 'cuhk03-np-pair1')
+    pairs = read_cuhk03np_pairs(REALDATA / 'cuhk03-np')
     assert len(pairs) == 8174 and all(Path(p).is_file() for c, l, d in pairs[:50] for p in (l, d))
 
 
@@ -176,6 +176,6 @@ def test_real_cuhk01():
 @needs_real
 def test_hacnn_data_prints_the_real_tables():
     out = subprocess.run([sys.executable, '-m', 'hacnn_nbdev.data', '--name', 'cuhk03np-labeled',
-                          '--root', str(REALDATA / 'cuhk03-np-pair1')], capture_output=True, text=True)
+                          '--root', str(REALDATA / 'cuhk03-np')], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert 'CUHK03-NP (camera pair 1, labeled)' in out.stdout and '4,145' in out.stdout
