@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse, json, os, platform, shutil, statistics, tempfile, time
 from pathlib import Path
 import torch
-from hacnn_nbdev.demo import DEMO_RECIPE, DEMO_WORLD, train_processes
+from hacnn_nbdev.demo import DEMO_WORLD, train_processes
 from hacnn_nbdev.synthetic import make_world
-from hacnn_nbdev.train import TrainConfig, read_history, train
+from hacnn_nbdev.train import RECIPES, TrainConfig, read_history, train
 
 
 def one_run(kind: str, root: Path, work: Path, epochs: int) -> float:
     "images/s of one fresh run: 'single' = 1 process x 2 threads, 'ddp' = 2 processes x 1 thread."
     out = work / kind; shutil.rmtree(out, ignore_errors=True)
-    recipe = {**DEMO_RECIPE, 'epochs': epochs, 'eval_every': 0}
+    recipe = {**RECIPES['demo'], 'epochs': epochs, 'eval_every': 0}
     if kind == 'single':
         train(TrainConfig(root=str(root), out=str(out), threads=2, progress=False, **recipe))
     else:

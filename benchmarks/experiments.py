@@ -8,10 +8,11 @@
 
 Finished runs are appended to --results (JSON lines) and skipped when it is run again, so an interrupted
 plan continues where it stopped. Worlds go to --worlds, checkpoints and logs to --runs.
-Then re-execute nbs/12_experiments.ipynb to redraw its tables from --results.
+Then re-execute nbs/12_experiments.ipynb to redraw its tables from --results. The demo-scale ablation
+(benchmarks/demo_ablation.py) is another plan of the same harness.
 """
 import argparse, time, os
-from hacnn_nbdev.experiments import Setup, paper_plan, run_plan, BASE
+from hacnn_nbdev.experiments import BASE, paper_plan, run_plan
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,7 +32,8 @@ def main():
     plan = plan[i::n]
     print(f"{len(plan)} runs planned (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); results -> {a.results}")
     t0 = time.time()
-    recs = run_plan(plan, a.results, budget_s=a.budget, worlds_dir=a.worlds, runs_dir=a.runs)
+    recs = run_plan(plan, a.results, budget_s=a.budget, log=lambda m: print(m, flush=True), worlds_dir=a.worlds,
+                    runs_dir=a.runs)
     print(f"done in {time.time() - t0:.0f} s: {sum(r is not None for r in recs)} of {len(plan)} runs have results")
 
 if __name__ == '__main__': main()

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse, json, platform, time
 from pathlib import Path
 from statistics import mean, stdev
-import numpy as np, torch
-from hacnn_nbdev.core import load_checkpoint
-from hacnn_nbdev.data import get_dataset
-from hacnn_nbdev.model import HACNN
-from hacnn_nbdev.data import CUHK01
+import torch
+from hacnn_nbdev.checkpoint import load_model
+from hacnn_nbdev.data import CUHK01, get_dataset
+from hacnn_nbdev.evaluate import evaluate_model
 from hacnn_nbdev.realdata import (real_config, run_real, histogram_scores, frame_pairs, pair_ranks, region_tracking,
-                                  register_pairs, score_model)
+                                  register_pairs, ha_gains)
 
 DATA = {'labeled': 'cuhk03np-labeled', 'detected': 'cuhk03np-detected', 'cuhk01': 'cuhk01'}
 RUNS = [f'{d}_{m}_s{s}' for s in (0, 1, 2) for d in ('detected', 'labeled') for m in ('ha', 'none')] + \
@@ -48,10 +47,13 @@ def one(name, a):
     d, m, s = parse(name)
     cfg = real_config(DATA[d], root_of(d, a), Path(a.runs) / name, **MODELS[m], seed=s,
                       split=s if d == 'cuhk01' else 0, **({'epochs': a.epochs} if a.epochs else {}))
-    t = time.time(); r = run_real(cfg, procs=a.procs); r['seconds'] = round(time.time() - t, 1)
-    model = HACNN.from_checkpoint(load_checkpoint(Path(cfg.out) / 'last.pt')).eval()
+    t = time.time()
+    r = run_real(cfg, procs=a.procs, log=print)
+    r['seconds'] = round(time.time() - t, 1)
+    model = load_model(Path(cfg.out) / 'last.pt')
     if d == 'cuhk01':  # the same split's people, both images of each camera (multi-shot)
-        r['multi_shot'] = score_model(model, CUHK01(a.cuhk01, split=s, multi_shot=True), cfg)
+        ms = CUHK01(a.cuhk01, split=s, multi_shot=True)
+        r['multi_shot'] = evaluate_model(model, ms, progress=False, max_rank=20).results['SQ'].scores()
     elif s in a.analyses:  # the frame pairs: labelled box as query, detected boxes as gallery
         pairs = frame_pairs(a.cuhk03np)
         pr = pair_ranks(model, pairs); pr.pop('ranks')
@@ -82,9 +84,7 @@ def tables(res):
                 v = [100 * r[k] for r in rs]; row[k] = round(mean(v), 1); row[k + '_sd'] = round(stdev(v), 1) if len(v) > 1 else None
             row['untrained_rank1'] = round(100 * mean(r['untrained']['rank1'] for r in rs), 1)
             rows.append(row)
-        for s in sorted({r['seed'] for r in runs.values() if r['data'] == d}):
-            h, n = runs.get(f'{d}_ha_s{s}'), runs.get(f'{d}_none_s{s}')
-            if h and n: diffs.append(dict(data=d, seed=s, **{k: round(100 * (h[k] - n[k]), 1) for k in KEYS}))
+        diffs += [dict(data=d, **{k: round(v, 1) if k in KEYS else v for k, v in g.items()}) for g in ha_gains(res, d)]
     return rows, diffs
 
 

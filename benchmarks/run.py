@@ -5,12 +5,17 @@
 
 Measured, with the thread count fixed (`--threads`, default: all cores) and stated in the output:
   eval b32 / eval b1    eval-mode feature extraction, images/s: peer eager vs ours eager, ours
-                        `optimize_for_inference` and ours ONNX (onnxruntime)
-  train b32             one optimiser step (forward, CE on both heads, backward, Adam), images/s
+                        `optimize_for_inference` in fp32 and in bf16 (the bf16 network; bf16 by
+                        autocast beside it), each also torch.compile'd, and ours ONNX (onnxruntime)
+  train b32             one optimiser step (forward, CE on both heads, backward, Adam), images/s:
+                        the paper's widths against the peer, the demo's 32/64/96 against today's
+                        `hacnn_train` step; fp32 vs bf16 autocast, fused Adam, (--train-compile)
+                        torch.compile
   folder -> features    JPEG folder -> DataLoader (decode, resize, normalise) -> features, images/s
   evaluator             Market-1501-sized case (3,368 × 15,913, 1,024-d): distances + CMC/mAP, queries/s
   data loading          decode + resize + normalise with 0/1/2 DataLoader workers, images/s
-  matmul limit          best fp32 GFLOP/s of a 2048² matrix product: the machine's practical ceiling
+  matmul limits         best GFLOP/s of a 2048² matrix product in fp32 and in bf16: the machine's
+                        practical ceilings; every path is reported as a % of both
 Candidates run interleaved (round after round, rotating order) so that machine load hits them alike;
 the ratio ours/peer is the median of per-round ratios. Wall-clock numbers are the result; CPU-time
 ratios are recorded beside them as a check that is less sensitive to other processes.
@@ -25,12 +30,16 @@ ap.add_argument('--min-time', type=float, default=1.0, help='seconds per candida
 ap.add_argument('--images', type=int, default=256, help='JPEGs in the synthetic folder')
 ap.add_argument('--peer-queries', type=int, default=842, help="queries the peer's (Python) evaluator ranks: a quarter of Market's 3,368")
 ap.add_argument('--quick', action='store_true', help='a fast smoke run (few rounds, small folder): numbers are rough')
+ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile candidates of inference (4 compiles)')
+ap.add_argument('--train-compile', action='store_true',
+                help='also torch.compile the training step (minutes of compiling per network)')
+ap.add_argument('--only', default='', help='comma-separated sections to run: eval,train,folder,evaluator (default: all)')
 args = ap.parse_args()
 if args.quick: args.rounds, args.min_time, args.images, args.peer_queries = 2, 0.3, 96, 200
 for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'): os.environ[v] = str(args.threads)
 os.environ.setdefault('MPLBACKEND', 'Agg')
 
-import json, platform, subprocess, tempfile, warnings, importlib.util, logging
+import copy, json, platform, subprocess, tempfile, warnings, importlib.util, logging
 from pathlib import Path
 import numpy as np, torch
 import torch.nn.functional as F
@@ -42,11 +51,13 @@ logging.getLogger('torch.onnx').setLevel(logging.ERROR)
 
 from hacnn_nbdev.core import seed_everything
 from hacnn_nbdev.model import HACNN
-from hacnn_nbdev.data import build_test_loader
+from hacnn_nbdev.inception import InceptionA, InceptionB
+from hacnn_nbdev.loaders import build_test_loader
 from hacnn_nbdev.train import hacnn_loss, make_optimizer, TrainConfig
 from hacnn_nbdev.metrics import simulate_features, compute_distance, evaluate_rank
 from hacnn_nbdev.deploy import (optimize_for_inference, export_onnx, OnnxFeatureExtractor, count_flops, matmul_limit,
-                                throughput, summarize, check_parity)
+                                throughput, summarize, check_parity, cpu_bf16, InferenceModel, fold_batchnorms,
+                                channels_last_inputs)
 
 T0 = time.perf_counter()
 def log(*a): print(f"[{time.perf_counter() - T0:5.0f}s]", *a, flush=True)
@@ -67,8 +78,8 @@ peer_distance = torchreid_file('reid/metrics/distance.py', '_peer_distance')
 from importlib.metadata import version
 PEER = f"torchreid {version('torchreid')} HACNN (eager, as shipped; use_gpu=False)"
 
-def peer_model(num_classes=751):
-    return peer_models.HACNN(num_classes, loss='softmax', use_gpu=False)
+def peer_model(num_classes=751, widths=(128, 256, 384)):
+    return peer_models.HACNN(num_classes, loss='softmax', use_gpu=False, nchannels=list(widths))
 
 def trained_like(m, seed=0):
     "Random but non-trivial BN statistics (a freshly built model would make BN folding trivially right)."
@@ -94,34 +105,91 @@ def stats(res, base, **extra):
                 'rounds_images_s': res[k]['wall'], **extra.get(k, {})} for k in res}
 
 # ---- sections --------------------------------------------------------------------------------------------------------
-def bench_eval(ours, fast, peer, onnx, batch, flops):
+def bf16_autocast(ours):
+    "The fp32 optimized network run under CPU autocast bf16 (the alternative to a bf16 network; measured beside it)."
+    net = copy.deepcopy(ours).eval()
+    fold_batchnorms(net)
+    channels_last_inputs(net)
+    net = net.to(memory_format=torch.channels_last)
+    for q in net.parameters(): q.requires_grad_(False)
+    return InferenceModel(net, torch.device('cpu'), True, torch.bfloat16, cast=False).eval()
+
+def inference_paths(ours, x, bf16, compile):
+    "name -> (module, precision) of our inference paths at the batch size of `x`; compile seconds."
+    paths = {'ours optimized': (optimize_for_inference(ours, amp='off'), 'fp32')}
+    if bf16:
+        paths['ours bf16'] = (optimize_for_inference(ours, amp='bf16'), 'bf16')
+        paths['ours bf16 autocast'] = (bf16_autocast(ours), 'bf16')
+    secs = {}
+    if compile:
+        for k, amp in [('ours optimized + compile', 'off')] + ([('ours bf16 + compile', 'bf16')] if bf16 else []):
+            t = time.perf_counter()
+            paths[k] = (optimize_for_inference(ours, amp=amp, compile=True, example=x), 'bf16' if amp == 'bf16' else 'fp32')
+            secs[k] = time.perf_counter() - t
+            log(f"compiled {k} for batch {len(x)} in {secs[k]:.0f} s")
+    return paths, secs
+
+def bench_eval(ours, peer, onnx, batch, flops, bf16):
     x = torch.randn(batch, 3, 160, 64)
-    fns = {'peer': lambda: peer(x), 'ours eager': lambda: ours(x), 'ours optimized': lambda: fast(x)}
+    paths, secs = inference_paths(ours, x, bf16, not args.no_compile)
+    fns = {'peer': lambda: peer(x), 'ours eager': lambda: ours(x)}
+    fns.update({k: (lambda m=m: m(x)) for k, (m, _) in paths.items()})
     if onnx is not None: fns['ours onnx'] = lambda: onnx(x)
     with torch.no_grad():
+        ref = ours(x)
+        parity = {k: check_parity(m(x), ref, 1.0) / ref.abs().max().item() for k, (m, _) in paths.items()}
         res = throughput(fns, batch, rounds=args.rounds, min_time=args.min_time)
     out = stats(res, 'peer')
-    for k, v in out.items(): v['gflops'] = v['images_s'] * flops[k] / 1e9
+    prec = {k: p for k, (_, p) in paths.items()}
+    for k, v in out.items():
+        v['gflops'] = v['images_s'] * flops['peer' if k == 'peer' else 'ours'] / 1e9
+        v['precision'] = prec.get(k, 'fp32')
+        if k in parity: v['max_rel_diff'] = parity[k]
+        if k in secs: v['compile_seconds'] = secs[k]
     return out
 
-def bench_train(flops):
+def bench_train(widths, tf, with_peer):
+    """Training steps of the recipe's network at `widths`: the peer (paper widths) and ours as `hacnn_train` runs it today
+    (channels-last, fp32, Adam from `make_optimizer`), with bf16 autocast, fused Adam, and optionally torch.compile."""
     x, y = torch.randn(32, 3, 160, 64), torch.randint(0, 751, (32,))
-    def stepper(model, cl):
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    def stepper(model, cl=True, bf16=False, fused=False, compile=False, cl_units=False):
         model.train()
         if cl: model = model.to(memory_format=torch.channels_last)
-        opt = make_optimizer(model.parameters(), TrainConfig())   # the same recipe for both networks: Adam (Sec. 4)
-        xi = x.contiguous(memory_format=torch.channels_last) if cl else x
+        if cl_units:   # the local streams' regions come out of grid_sample in NCHW: convert at every Inception unit
+            for u in model.modules():
+                if isinstance(u, (InceptionA, InceptionB)):
+                    u.register_forward_pre_hook(lambda mod, a: (a[0].contiguous(memory_format=torch.channels_last),))
+        if fused: opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.999), fused=True)
+        else: opt = make_optimizer(model.parameters(), TrainConfig())   # the same recipe for both networks: Adam (Sec. 4)
+        net = torch.compile(model) if compile else model
+        xi = xcl if cl else x
         def step():
-            g, l = model(xi); loss, _ = hacnn_loss(g, l, y)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16): g, l = net(xi)
+            loss, _ = hacnn_loss(g.float(), l.float(), y)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        if compile:
+            t = time.perf_counter(); step(); step(); log(f"compiled the training step (widths {widths}) in {time.perf_counter() - t:.0f} s")
         return step
     seed_everything(0)
-    fns = {'peer': stepper(peer_model(), False),
-           'ours (as hacnn_train on CPU: NCHW)': stepper(HACNN(751), False),
-           'ours channels-last (proposed)': stepper(HACNN(751), True)}
+    today = 'ours today (hacnn_train on CPU: channels-last fp32)'
+    fns = {'peer': stepper(peer_model(751, widths), cl=False)} if with_peer else {}
+    fns[today] = stepper(HACNN(751, widths=widths))
+    fns['ours NCHW fp32'] = stepper(HACNN(751, widths=widths), cl=False)
+    fns['ours bf16 autocast'] = stepper(HACNN(751, widths=widths), bf16=True)
+    fns['ours bf16 autocast + fused Adam'] = stepper(HACNN(751, widths=widths), bf16=True, fused=True)
+    fns['ours fp32, channels-last local branch'] = stepper(HACNN(751, widths=widths), cl_units=True)
+    fns['ours bf16 autocast, channels-last local branch'] = stepper(HACNN(751, widths=widths), bf16=True, cl_units=True)
+    if args.train_compile:
+        fns['ours compiled fp32 + fused Adam'] = stepper(HACNN(751, widths=widths), fused=True, compile=True)
+        fns['ours compiled bf16 + fused Adam'] = stepper(HACNN(751, widths=widths), bf16=True, fused=True, compile=True)
     res = throughput(fns, 32, rounds=max(2, args.rounds - 2), min_time=2 * args.min_time)
-    out = stats(res, 'peer')
-    for k, v in out.items(): v['gflops'] = v['images_s'] * flops['peer' if k == 'peer' else 'ours'] / 1e9
+    out = stats(res, 'peer' if with_peer else today)
+    vs_today = summarize(res, today)
+    for k, v in out.items():
+        v['gflops'] = v['images_s'] * tf['peer' if k == 'peer' else 'ours'] / 1e9
+        v['ratio_vs_today'] = vs_today[k]['ratio']
+        v['precision'] = 'bf16' if 'bf16' in k else 'fp32'
     return out
 
 def train_flops(model):
@@ -193,93 +261,125 @@ def bench_evaluator():
 # ---- the run ---------------------------------------------------------------------------------------------------------
 def main():
     out_dir = Path(args.out); out_dir.mkdir(parents=True, exist_ok=True)
+    only = set(filter(None, args.only.split(','))) or {'eval', 'train', 'folder', 'evaluator'}
     R = {'command': ' '.join(['.venv/bin/python'] + sys.argv), 'machine': machine()}
-    log(f"threads {args.threads} on {R['machine']['nproc']} cores ({R['machine']['cpu']}); load {os.getloadavg()}")
+    bf16 = cpu_bf16() is not None
+    R['machine']['cpu_bf16'] = cpu_bf16()
+    log(f"threads {args.threads} on {R['machine']['nproc']} cores ({R['machine']['cpu']}; bf16 units: {cpu_bf16()}); "
+        f"load {os.getloadavg()}")
     if os.getloadavg()[0] > R['machine']['nproc']:
         log(f"WARNING: the machine is busy (load {os.getloadavg()[0]:.1f} on {R['machine']['nproc']} cores): multi-threaded runs stall on "
             "oversubscribed cores; ratios stay comparable (interleaved), absolute numbers do not. --threads 1 is steadier.")
-    R['matmul_limit_gflops'] = matmul_limit(seconds=3.0); log(f"matmul limit {R['matmul_limit_gflops']:.0f} GFLOP/s")
+    R['matmul_limit_gflops'] = matmul_limit(seconds=3.0)
+    R['matmul_limit_bf16_gflops'] = matmul_limit(seconds=3.0, dtype=torch.bfloat16)
+    log(f"matmul limits: fp32 {R['matmul_limit_gflops']:.0f}, bf16 {R['matmul_limit_bf16_gflops']:.0f} GFLOP/s")
 
     seed_everything(0)
     ours = trained_like(HACNN(751)).eval(); peer = trained_like(peer_model()).eval()
     x1 = torch.randn(1, 3, 160, 64); x32 = torch.randn(32, 3, 160, 64)
-    flops = {'peer': count_flops(peer, x1), 'ours eager': count_flops(ours, x1)}
-    flops['ours optimized'] = flops['ours onnx'] = flops['ours eager']
-    R['flops_per_image'] = {'ours': flops['ours eager'], 'peer': flops['peer']}
+    flops = {'peer': count_flops(peer, x1), 'ours': count_flops(ours, x1)}
+    R['flops_per_image'] = dict(flops)
 
-    t = time.perf_counter(); fast = optimize_for_inference(ours, example=x32[:4]); t_opt = time.perf_counter() - t
+    t = time.perf_counter(); fast = optimize_for_inference(ours, amp='off', example=x32[:4]); t_opt = time.perf_counter() - t
     with torch.no_grad():
         ref = ours(x32)
         R['parity'] = {'optimized_vs_eager_b32': check_parity(fast(x32), ref),
                        'optimized_vs_eager_b1': check_parity(fast(x32[:1]), ref[:1]), 'optimize_seconds': t_opt}
     log(f"optimize_for_inference: {t_opt:.1f} s; max |Δfeature| {R['parity']['optimized_vs_eager_b32']:.1e}")
     tmp = Path(tempfile.mkdtemp(prefix='hacnn_bench_'))
-    t = time.perf_counter(); path = export_onnx(ours, tmp / 'hacnn.onnx'); t_exp = time.perf_counter() - t
-    onnx = OnnxFeatureExtractor(path, threads=args.threads)
-    with torch.no_grad(): R['parity']['onnx_vs_eager_b32'] = check_parity(onnx(x32), ref)
-    R['onnx'] = {'export_seconds': t_exp, 'MB': path.stat().st_size / 1e6, 'opset': 18}
-    log(f"ONNX export {t_exp:.0f} s; max |Δfeature| {R['parity']['onnx_vs_eager_b32']:.1e}")
-
-    R['eval_b32'] = bench_eval(ours, fast, peer, onnx, 32, flops); log('eval b32', fmt(R['eval_b32']))
-    R['eval_b1'] = bench_eval(ours, fast, peer, onnx, 1, flops); log('eval b1', fmt(R['eval_b1']))
-    tf = {'ours': train_flops(HACNN(751)), 'peer': train_flops(peer_model())}
-    R['train_flops_per_image'] = tf
-    R['train_b32'] = bench_train(tf); log('train b32', fmt(R['train_b32']))
-
-    recs = make_folder(tmp / 'folder', args.images)
-    R['data_loading'] = bench_loading(recs); log('data loading', {k: round(v['images_s']) for k, v in R['data_loading'].items()})
-    workers = max(R['data_loading'], key=lambda k: R['data_loading'][k]['images_s'])
-    R['folder_workers'] = int(workers.split()[0])
-    R['folder'] = bench_folder(recs, fast, peer, R['folder_workers']); log('folder -> features', fmt(R['folder']))
-    R['evaluator'] = bench_evaluator(); log('evaluator', {k: R['evaluator'][k] for k in ('ratio', 'agree')})
+    if 'eval' in only:
+        t = time.perf_counter(); path = export_onnx(ours, tmp / 'hacnn.onnx'); t_exp = time.perf_counter() - t
+        onnx = OnnxFeatureExtractor(path, threads=args.threads)
+        with torch.no_grad(): R['parity']['onnx_vs_eager_b32'] = check_parity(onnx(x32), ref)
+        R['onnx'] = {'export_seconds': t_exp, 'MB': path.stat().st_size / 1e6, 'opset': 18}
+        log(f"ONNX export {t_exp:.0f} s; max |Δfeature| {R['parity']['onnx_vs_eager_b32']:.1e}")
+        R['eval_b32'] = bench_eval(ours, peer, onnx, 32, flops, bf16); log('eval b32', fmt(R['eval_b32']))
+        R['eval_b1'] = bench_eval(ours, peer, onnx, 1, flops, bf16); log('eval b1', fmt(R['eval_b1']))
+    if 'train' in only:
+        paper, demo = (128, 256, 384), (32, 64, 96)
+        R['train_flops_per_image'] = {'ours': train_flops(HACNN(751)), 'peer': train_flops(peer_model()),
+                                      'ours_demo': train_flops(HACNN(751, widths=demo))}
+        R['train_b32'] = bench_train(paper, R['train_flops_per_image'], True); log('train b32', fmt(R['train_b32']))
+        tf_demo = {'ours': R['train_flops_per_image']['ours_demo'], 'peer': 0}
+        R['train_demo_b32'] = bench_train(demo, tf_demo, False); log('train demo b32', fmt(R['train_demo_b32']))
+    if 'folder' in only:
+        recs = make_folder(tmp / 'folder', args.images)
+        R['data_loading'] = bench_loading(recs); log('data loading', {k: round(v['images_s']) for k, v in R['data_loading'].items()})
+        workers = max(R['data_loading'], key=lambda k: R['data_loading'][k]['images_s'])
+        R['folder_workers'] = int(workers.split()[0])
+        R['folder'] = bench_folder(recs, fast, peer, R['folder_workers']); log('folder -> features', fmt(R['folder']))
+    if 'evaluator' in only:
+        R['evaluator'] = bench_evaluator(); log('evaluator', {k: R['evaluator'][k] for k in ('ratio', 'agree')})
     R['machine']['load_avg_end'] = os.getloadavg(); R['seconds'] = time.perf_counter() - T0
 
     (out_dir / 'bench.json').write_text(json.dumps(R, indent=1))
     table = render(R); print(table); (out_dir / 'bench.md').write_text(table)
-    plot(R, out_dir / 'bench.png')
-    log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+    if only >= {'eval', 'train', 'folder', 'evaluator'}: plot(R, out_dir / 'bench.png')
+    log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}" + (f", {out_dir / 'bench.png'}" if (out_dir / 'bench.png').exists() else ''))
 
 def fmt(d): return {k: f"{v['images_s']:.1f}/s ×{v['ratio']:.2f}" for k, v in d.items()}
 
 def render(R):
-    m, lim = R['machine'], R['matmul_limit_gflops']
+    m, lim, lim16 = R['machine'], R['matmul_limit_gflops'], R['matmul_limit_bf16_gflops']
+    fl, tf = R['flops_per_image'], R.get('train_flops_per_image')
     L = [f"# HA-CNN speed, side by side with the peer", "",
-         f"machine: {m['cpu']}, nproc {m['nproc']}, **threads {m['threads']}**; torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
-         f"load average {m['load_avg_start'][0]:.2f} at start, {m['load_avg_end'][0]:.2f} at end", f"peer: {m['peer']}",
-         f"matmul limit (fp32 2048² GEMM, best): **{lim:.0f} GFLOP/s**; FLOPs/image: ours {R['flops_per_image']['ours'] / 1e9:.3f} G, "
-         f"peer {R['flops_per_image']['peer'] / 1e9:.3f} G (eval); train step ours {R['train_flops_per_image']['ours'] / 1e9:.2f} G, peer {R['train_flops_per_image']['peer'] / 1e9:.2f} G",
+         f"machine: {m['cpu']}, nproc {m['nproc']}, **threads {m['threads']}**, bf16 units: {m.get('cpu_bf16')}; torch {m['torch']}, "
+         f"onnxruntime {m['onnxruntime']}; load average {m['load_avg_start'][0]:.2f} at start, {m['load_avg_end'][0]:.2f} at end",
+         f"peer: {m['peer']}",
+         f"matmul limits (2048² GEMM, best): **fp32 {lim:.0f} GFLOP/s, bf16 {lim16:.0f} GFLOP/s**; FLOPs/image: ours {fl['ours'] / 1e9:.3f} G, "
+         f"peer {fl['peer'] / 1e9:.3f} G (eval)" + (f"; train step ours {tf['ours'] / 1e9:.2f} G, peer {tf['peer'] / 1e9:.2f} G, "
+                                                  f"demo widths {tf['ours_demo'] / 1e9:.2f} G" if tf else ''),
          f"command: `{R['command']}` ({R['seconds']:.0f} s)", "",
-         "| task | candidate | images/s | ratio vs peer (wall) | ratio (CPU time) | GFLOP/s | % of matmul limit |",
-         "|---|---|---:|---:|---:|---:|---:|"]
-    for task in ('eval_b32', 'eval_b1', 'train_b32'):
-        for k, v in R[task].items():
-            L.append(f"| {task.replace('_', ' ')} | {k} | {v['images_s']:.1f} | {v['ratio']:.2f} | {v['ratio_cpu_time']:.2f} | "
-                     f"{v['gflops']:.1f} | {100 * v['gflops'] / lim:.0f}% |")
-    for k, v in R['folder'].items():
-        L.append(f"| folder → features ({R['folder_workers']} workers) | {k} | {v['images_s']:.1f} | {v['ratio']:.2f} | {v['ratio_cpu_time']:.2f} | | |")
-    e = R['evaluator']
-    for k in ('peer', 'ours'):
-        L.append(f"| evaluator, {e[k]['queries']} queries (queries/s) | {k} | {e[k]['queries_s']:.0f} | {1.0 if k == 'peer' else e['ratio']:.2f} | | "
-                 f"{e[k]['distance_gflops']:.1f} (distances) | {100 * e[k]['distance_gflops'] / lim:.0f}% |")
-    f = e['ours_full']
-    L.append(f"| evaluator, all {f['queries']} queries | ours | {f['queries_s']:.0f} | | | {f['distance_gflops']:.1f} (distances) | {100 * f['distance_gflops'] / lim:.0f}% |")
-    L += ["", f"evaluator case: {e['case']}; all queries: mAP {f['mAP']:.3f}, rank-1 {f['rank1']:.3f} in {f['seconds']:.1f} s "
-              f"({f['distance_seconds']:.2f} s distances + {f['rank_seconds']:.2f} s ranking). On the {e['ours']['queries']}-query subset ours and the peer "
-              f"agree to {e['agree']['max_abs_cmc']:.1e} (CMC) and {e['agree']['abs_mAP']:.1e} (mAP); seconds: ours {e['ours']['distance_seconds']:.2f} "
-              f"distances + {e['ours']['rank_seconds']:.2f} ranking, peer {e['peer']['distance_seconds']:.2f} + {e['peer']['rank_seconds']:.2f}.",
-          "", "| data loading (decode + resize + normalise, batch 32) | images/s, whole pass | images/s after the first batch | first batch (s) |",
-          "|---|---:|---:|---:|"]
-    L += [f"| {k} | {v['images_s']:.0f} | {v['steady_images_s']:.0f} | {v['first_batch_seconds']:.2f} |" for k, v in R['data_loading'].items()]
-    p, o = R['parity'], R['onnx']
-    L += ["", f"parity (max |Δfeature| vs eager, batch 32): optimized {p['optimized_vs_eager_b32']:.1e}, "
-              f"batch 1 {p['optimized_vs_eager_b1']:.1e}; ONNX/onnxruntime {p['onnx_vs_eager_b32']:.1e}. "
-              f"ONNX export {o['export_seconds']:.0f} s, {o['MB']:.1f} MB (opset {o['opset']})."]
+         "| task | candidate | precision | images/s | ratio (wall) | ratio (CPU time) | GFLOP/s | % of fp32 limit | % of bf16 limit |",
+         "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    names = {'eval_b32': 'eval b32 (vs peer)', 'eval_b1': 'eval b1 (vs peer)', 'train_b32': 'train b32, paper widths (vs peer)',
+             'train_demo_b32': 'train b32, demo widths 32/64/96 (vs today)'}
+    for task in names:
+        for k, v in R.get(task, {}).items():
+            L.append(f"| {names[task]} | {k} | {v.get('precision', 'fp32')} | {v['images_s']:.1f} | {v['ratio']:.2f} | "
+                     f"{v['ratio_cpu_time']:.2f} | {v['gflops']:.1f} | {100 * v['gflops'] / lim:.0f}% | {100 * v['gflops'] / lim16:.1f}% |")
+    if 'train_b32' in R:
+        t = R['train_b32']
+        L += ["", "training, paper widths, against today's step: " + ', '.join(
+            f"{k} ×{v['ratio_vs_today']:.2f}" for k, v in t.items() if k != 'peer')]
+    for k, v in R.get('folder', {}).items():
+        L.append(f"| folder → features ({R['folder_workers']} workers) | {k} | fp32 | {v['images_s']:.1f} | {v['ratio']:.2f} | {v['ratio_cpu_time']:.2f} | | | |")
+    if 'evaluator' in R:
+        e = R['evaluator']
+        for k in ('peer', 'ours'):
+            L.append(f"| evaluator, {e[k]['queries']} queries (queries/s) | {k} | fp32 | {e[k]['queries_s']:.0f} | {1.0 if k == 'peer' else e['ratio']:.2f} | | "
+                     f"{e[k]['distance_gflops']:.1f} (distances) | {100 * e[k]['distance_gflops'] / lim:.0f}% | |")
+        f = e['ours_full']
+        L.append(f"| evaluator, all {f['queries']} queries | ours | fp32 | {f['queries_s']:.0f} | | | {f['distance_gflops']:.1f} (distances) | "
+                 f"{100 * f['distance_gflops'] / lim:.0f}% | |")
+        L += ["", f"evaluator case: {e['case']}; all queries: mAP {f['mAP']:.3f}, rank-1 {f['rank1']:.3f} in {f['seconds']:.1f} s "
+                  f"({f['distance_seconds']:.2f} s distances + {f['rank_seconds']:.2f} s ranking). On the {e['ours']['queries']}-query subset ours and the peer "
+                  f"agree to {e['agree']['max_abs_cmc']:.1e} (CMC) and {e['agree']['abs_mAP']:.1e} (mAP); seconds: ours {e['ours']['distance_seconds']:.2f} "
+                  f"distances + {e['ours']['rank_seconds']:.2f} ranking, peer {e['peer']['distance_seconds']:.2f} + {e['peer']['rank_seconds']:.2f}."]
+    if 'data_loading' in R:
+        L += ["", "| data loading (decode + resize + normalise, batch 32) | images/s, whole pass | images/s after the first batch | first batch (s) |",
+              "|---|---:|---:|---:|"]
+        L += [f"| {k} | {v['images_s']:.0f} | {v['steady_images_s']:.0f} | {v['first_batch_seconds']:.2f} |" for k, v in R['data_loading'].items()]
+    p = R['parity']
+    line = (f"parity (max |Δfeature| vs eager, batch 32): optimized {p['optimized_vs_eager_b32']:.1e}, "
+            f"batch 1 {p['optimized_vs_eager_b1']:.1e}")
+    if 'onnx' in R:
+        o = R['onnx']
+        line += (f"; ONNX/onnxruntime {p['onnx_vs_eager_b32']:.1e}. ONNX export {o['export_seconds']:.0f} s, {o['MB']:.1f} MB "
+                 f"(opset {o['opset']})")
+    if 'eval_b32' in R:
+        rel = {k: v['max_rel_diff'] for k, v in R['eval_b32'].items() if 'max_rel_diff' in v and v['precision'] == 'bf16'}
+        if rel: line += "; bf16 paths, max |Δfeature| / max |feature|: " + ', '.join(f"{k} {v:.1e}" for k, v in rel.items())
+        comp = {f"{k} b{b}": v['compile_seconds'] for b in (32, 1) for k, v in R[f'eval_b{b}'].items() if 'compile_seconds' in v}
+        if comp: line += "; compile seconds: " + ', '.join(f"{k} {v:.0f}" for k, v in comp.items())
+    L += ["", line + "."]
     return '\n'.join(L)
 
 def plot(R, path):
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 3, figsize=(17, 5), gridspec_kw={'width_ratios': [1.6, 1.3, 0.8]})
-    rows = [(f"{t.replace('_', ' ')}: {k}", v) for t in ('eval_b32', 'eval_b1', 'train_b32', 'folder') for k, v in R[t].items() if k != 'peer']
+    fig, axs = plt.subplots(1, 3, figsize=(19, 9), gridspec_kw={'width_ratios': [1.6, 1.3, 0.7]})
+    rows = [(f"{t.replace('_', ' ')}: {k}", v) for t in ('eval_b32', 'eval_b1', 'train_b32', 'train_demo_b32', 'folder')
+            for k, v in R[t].items() if k != 'peer' and not k.startswith('ours today')]
     rows.append((f"evaluator ({R['evaluator']['ours']['queries']} queries): ours", {'ratio': R['evaluator']['ratio'], 'images_s': R['evaluator']['ours']['queries_s']}))
     ax = axs[0]; y = np.arange(len(rows))
     ax.barh(y, [v['ratio'] for _, v in rows], color=['tab:green' if v['ratio'] >= 1 else 'tab:red' for _, v in rows])
@@ -287,15 +387,16 @@ def plot(R, path):
     ax.set_yticks(y, [n for n, _ in rows], fontsize=8); ax.invert_yaxis()
     for i, (_, v) in enumerate(rows): ax.text(v['ratio'], i, f" ×{v['ratio']:.2f} ({v['images_s']:.0f}/s)", va='center', fontsize=7)
     ax.set_xlim(0.5, max(v['ratio'] for _, v in rows) * 4)
-    ax.set_xlabel('ours / peer, wall clock (log scale; 1 = same speed; dashed: 1.5×)')
+    ax.set_xlabel('ours / peer (train demo: / today), wall clock (log scale; 1 = same speed; dashed: 1.5×)')
     ax.set_title(f"speed vs torchreid HACNN — {R['machine']['threads']} threads, {R['machine']['cpu']}", fontsize=9)
-    ax = axs[1]; lim = R['matmul_limit_gflops']
+    ax = axs[1]; lim, lim16 = R['matmul_limit_gflops'], R['matmul_limit_bf16_gflops']
     g = [(f"{t.replace('_', ' ')}: {k}", v['gflops']) for t in ('eval_b32', 'train_b32') for k, v in R[t].items()]
     g += [(f'evaluator distances: {k}', R['evaluator'][k]['distance_gflops']) for k in ('peer', 'ours')]
     ax.barh(range(len(g)), [v for _, v in g], color=['grey' if 'peer' in n else 'tab:blue' for n, _ in g]); ax.axvline(lim, color='r', lw=1.5)
-    ax.text(lim, len(g) - 0.6, f' matmul limit\n {lim:.0f} GFLOP/s', color='r', fontsize=8, va='bottom')
+    ax.text(lim, len(g) - 0.6, f' fp32 matmul limit\n {lim:.0f} GFLOP/s', color='r', fontsize=8, va='bottom')
+    ax.text(lim * 1.02, 0, f' (bf16 limit: {lim16:.0f} GFLOP/s)', color='r', fontsize=8, va='top')
     ax.set_yticks(range(len(g)), [n for n, _ in g], fontsize=8); ax.invert_yaxis(); ax.set_xlabel('achieved GFLOP/s')
-    ax.set_xlim(0, max(lim, max(v for _, v in g)) * 1.35); ax.set_title('achieved vs the machine\'s measured limit', fontsize=9)
+    ax.set_xlim(0, max(lim, max(v for _, v in g)) * 1.35); ax.set_title('achieved vs the machine\'s measured limits', fontsize=9)
     ax = axs[2]; dl = R['data_loading']; xs = [k.split()[0] for k in dl]
     ax.bar(xs, [v['images_s'] for v in dl.values()], color='tab:purple', label='whole pass (incl. worker start)')
     ax.plot(xs, [v['steady_images_s'] for v in dl.values()], 'ko', label='after the first batch')

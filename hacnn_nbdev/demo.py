@@ -4,140 +4,199 @@
 
 # %% ../nbs/14_demo.ipynb #c088db70
 from __future__ import annotations
-import json, os, platform, signal, socket, subprocess, sys, threading, time
+import inspect, json, os, platform, signal, socket, subprocess, sys, threading, time
 from dataclasses import fields
 from pathlib import Path
 import numpy as np
 import torch
-from fastcore.script import call_parse
-from .core import seed_everything, load_checkpoint
+from .core import seed_everything
+from .cli import UsageError, run_command
+from .checkpoint import load_checkpoint, load_model
 from .model import HACNN
-from .data import get_dataset
+from .data import OptionError, get_dataset
 from .synthetic import make_world
-from .metrics import evaluate_rank, plot_cmc
-from .train import TrainConfig, TrainError, train, plot_history
+from .ranking import plot_cmc
+from .runtime import torch_threads
+from .train import RECIPES, TrainConfig, TrainError, train, plot_history
 from .evaluate import Evaluation, evaluate_model, plot_ranked_lists
 from .viz import attention_grid
 
 # %% auto #0
-__all__ = ['DEMO_WORLD', 'DEMO_RECIPE', 'DEMO_THREADS', 'DEMO_PROCS', 'score', 'scores', 'save_pictures', 'write_report',
-           'cli_args', 'train_processes', 'demo', 'demo_cli']
+__all__ = ['DEMO_WORLD', 'DEMO_THREADS', 'DEMO_PROCS', 'save_pictures', 'write_report', 'cli_args', 'train_processes',
+           'train_run', 'untrained_network', 'demo', 'demo_cli', 'demo_main']
 
 # %% ../nbs/14_demo.ipynb #1a29e33a
-DEMO_WORLD = dict(seed=0)  # make_world's defaults: 500 identities (250 train), 8-12 images each, the difficulty set in 07_synthetic
-DEMO_RECIPE = dict(dataset='synthetic', widths='32,64,96', epochs=16, eval_every=4, schedule='cosine',
-                   flip=True, label_smoothing=0.1, theta_lr_mult=10.0)  # the rest: Sec. 4 (Adam 5e-4, batch 32, CE on both branches)
+DEMO_WORLD = dict(seed=0)  # make_world's defaults: 500 identities (250 train), 8-12 images each
 DEMO_THREADS = 2  # CPU threads in all
-DEMO_PROCS = 2    # training processes on a CPU (DDP over gloo; see below), each with DEMO_THREADS // DEMO_PROCS threads
+DEMO_PROCS = 2    # training processes on a CPU (DDP over gloo, below), sharing DEMO_THREADS
 
-# %% ../nbs/14_demo.ipynb #91575838
-def score(model:torch.nn.Module, # a network with HACNN's eval-mode contract (its device is used)
-          ds, # a dataset with .query and .gallery records
-          height:int=160, width:int=64, # input size
-          batch_size:int=128, # images per forward pass
-         ) -> Evaluation:
-    "`evaluate_model` on ds's query/gallery split, without progress bars, CMC to rank 20."
-    return evaluate_model(model, ds, batch_size, height, width, progress=False, max_rank=20)
-
-def scores(r, # a RankResult
-          ) -> dict:
-    "rank-1/5/10, mAP, mINP (fractions) and the CMC curve of a RankResult, as plain numbers."
-    cmc = [float(v) for v in r.cmc]
-    return dict(rank1=cmc[0], rank5=cmc[4], rank10=cmc[9], mAP=float(r.mAP), mINP=float(r.mINP), cmc=cmc)
+# %% ../nbs/14_demo.ipynb #358df640
+def _evaluate(model:torch.nn.Module, ds) -> Evaluation:
+    "`evaluate_model` on ds's query/gallery split at the model's input spec; no progress bars."
+    return evaluate_model(model, ds, progress=False, max_rank=20)
 
 # %% ../nbs/14_demo.ipynb #69f574ce
-def save_pictures(model:torch.nn.Module, # the trained HACNN
-                  ev:Evaluation, # its `score` on the test split
+def save_pictures(model:torch.nn.Module, # the trained HACNN (drawn at its `input_spec`)
+                  ev:Evaluation, # its evaluation on the test split
                   r0, # the untrained network's RankResult
                   out:Path, # folder for cmc.png, ranked_list.png, attention.png
-                  height:int=160, width:int=64, # input size
                   n_attention:int=3, # people in the attention picture
                  ) -> list: # the files written
     "The demo's CMC curve, ranked lists and Fig. 6 attention picture as PNG files."
     import matplotlib.pyplot as plt
     r = ev.results['SQ']
-    ax = plot_cmc({f"trained (mAP {r.mAP:.2f})": r, f"untrained (mAP {r0.mAP:.2f})": r0}, title='CMC, synthetic test split')
-    picks = [ev.query[i][0] for i in np.linspace(0, len(ev.query) - 1, n_attention).round().astype(int)]
+    ax = plot_cmc({f"trained (mAP {r.mAP:.2f})": r, f"untrained (mAP {r0.mAP:.2f})": r0},
+                  title='CMC, synthetic test split')
+    at = np.linspace(0, len(ev.query) - 1, n_attention).round().astype(int)  # across the split
+    picks = [ev.query[i][0] for i in at]
     figs = {'cmc.png': ax.figure, 'ranked_list.png': plot_ranked_lists(ev, n=6, top=8),
-            'attention.png': attention_grid(model.eval(), picks, height=height, width=width, per_row=n_attention)}
-    for name, fig in figs.items(): fig.savefig(out / name, dpi=100, bbox_inches='tight'); plt.close(fig)
+            'attention.png': attention_grid(model.eval(), picks, per_row=n_attention)}
+    for name, fig in figs.items():
+        fig.savefig(out / name, dpi=100, bbox_inches='tight')
+        plt.close(fig)
     return [out / name for name in figs]
 
 # %% ../nbs/14_demo.ipynb #682eb2e3
+def _report_lines(s:dict) -> list:
+    "The lines of report.md for the demo's summary `s`."
+    u, t, w, m = s['untrained'], s['timing'], s['world'], s['machine']
+    cols = ('rank1', 'rank5', 'mAP', 'mINP')
+    row = lambda name, r: f"| {name} | " + ' | '.join(f"{r[k]:.3f}" for k in cols) + ' |'
+    met = 'met' if s['rank1'] >= 0.7 and s['mAP'] >= 0.5 else 'NOT met'
+    return [
+        "# HA-CNN demo on the synthetic world", "", f"Command: `{s['command']}`", "",
+        f"World: {w['train']} training images of {w['train_ids']} identities; "
+        f"{w['query']} queries, "
+        f"{w['gallery']} gallery images (`make_world({w['params']})`).",
+        f"Network: HA-CNN, widths {s['widths']}, {s['params_m']:.2f} M parameters. "
+        f"Recipe: Sec. 4's (Adam, "
+        f"lr {s['lr']:g}, batch {s['batch_size']}, CE on global + local logits, no pre-training) "
+        "with "
+        f"`{' '.join(cli_args(TrainConfig(**s['recipe'])))}`.", "",
+        "| network | rank-1 | rank-5 | mAP | mINP |", "|---|---|---|---|---|",
+        row('trained', s), row('untrained (same init)', u), "",
+        f"Target: rank-1 ≥ 0.70 and mAP ≥ 0.50 — {met}.", "",
+        f"Time: {t['total']:.0f} s in all; training in {s['procs']} process(es) of "
+        f"{s['threads_per_proc']} "
+        f"thread(s), the rest with {s['threads']} (world {t['world']:.0f} s, "
+        f"training {t['train']:.0f} s at "
+        f"{s['images_per_s']:.1f} images/s, eval {t['eval']:.0f} s, untrained eval "
+        f"{t['untrained_eval']:.0f} s, pictures {t['pictures']:.0f} s); "
+        "set-up (venv install) is not "
+        f"included. Machine: {m['cpus']} CPUs, load average at the end {m['load_end']}, "
+        f"torch {m['torch']}.",
+        "", "Files: `metrics.json`, `curves.png` (training), `cmc.png`, `ranked_list.png`, "
+        "`attention.png`, "
+        "`metrics.jsonl`, `last.pt`."]
+
 def write_report(s:dict, # the demo's summary (what metrics.json holds)
                  out:str|Path, # the demo folder
                 ) -> Path:
     "A short markdown report of the demo run."
-    u, t = s['untrained'], s['timing']
-    row = lambda name, r: f"| {name} | {r['rank1']:.3f} | {r['rank5']:.3f} | {r['mAP']:.3f} | {r['mINP']:.3f} |"
-    lines = [f"# HA-CNN demo on the synthetic world", "",
-             f"Command: `{s['command']}`", "",
-             f"World: {s['world']['train']} training images of {s['world']['train_ids']} identities; "
-             f"{s['world']['query']} queries, {s['world']['gallery']} gallery images (`make_world({s['world']['params']})`).",
-             f"Network: HA-CNN, widths {s['widths']}, {s['params_m']:.2f} M parameters; recipe: Adam lr {s['lr']:g}, batch {s['batch_size']}, "
-             f"{s['epochs']} epochs" + (f" ({s['schedule']} learning rate)" if s.get('schedule', 'constant') != 'constant' else '') + ", CE on global + local logits" + (f" with label smoothing {s['label_smoothing']:g}" if s.get('label_smoothing') else '') +
-             (", random flips" if s.get('flip') else ", no augmentation") +
-             (f", the regions' FCs at {s['theta_lr_mult']:g}x the learning rate" if s.get('theta_lr_mult', 1) != 1 else '') + ", no pre-training (Sec. 4, except where named).", "",
-             "| network | rank-1 | rank-5 | mAP | mINP |", "|---|---|---|---|---|", row('trained', s), row('untrained (same init)', u), "",
-             f"Target: rank-1 ≥ 0.70 and mAP ≥ 0.50 — {'met' if s['rank1'] >= 0.7 and s['mAP'] >= 0.5 else 'NOT met'}.", "",
-             f"Time: {t['total']:.0f} s in all; training in {s.get('procs', 1)} process(es) of {s.get('threads_per_proc', s['threads'])} thread(s), the rest with {s['threads']} (world {t['world']:.0f} s, untrained eval {t['untrained_eval']:.0f} s, "
-             f"training {t['train']:.0f} s at {s['images_per_s']:.1f} images/s, eval {t['eval']:.0f} s, pictures {t['pictures']:.0f} s); "
-             f"set-up (venv install) is not included. Machine: {s['machine']['cpus']} CPUs, load average at the end {s['machine']['load_end']}, "
-             f"torch {s['machine']['torch']}.", "",
-             "Files: `metrics.json`, `curves.png` (training), `cmc.png`, `ranked_list.png`, `attention.png`, `metrics.jsonl`, `last.pt`."]
-    p = Path(out) / 'report.md'; p.write_text('\n'.join(lines) + '\n')
+    p = Path(out) / 'report.md'
+    p.write_text('\n'.join(_report_lines(s)) + '\n')
     return p
 
 # %% ../nbs/14_demo.ipynb #288de815
 def cli_args(cfg:TrainConfig, # the recipe
             ) -> list: # hacnn_train's arguments for it
-    "The `hacnn_train` command line that runs `cfg` (options left at their defaults are not repeated)."
+    "`hacnn_train`'s command line for `cfg`: each field not at its default (switches --x / --no-x)."
     args = []
     for f in fields(cfg):
         v = getattr(cfg, f.name)
-        if isinstance(v, bool):
-            if v != f.default: args.append(f'--{f.name}' if v else f'--no-{f.name}')
-        elif v is not None and v != f.default: args += [f'--{f.name}', str(v)]
+        if v == f.default: continue
+        if isinstance(v, bool): args.append(f'--{f.name}' if v else f'--no-{f.name}')
+        elif v is None:
+            raise ValueError(f"{f.name}=None has no command-line spelling (default {f.default!r})")
+        else: args += [f'--{f.name}', str(v)]
     return args
 
 # %% ../nbs/14_demo.ipynb #8e923a1f
+_TRAIN = 'from hacnn_nbdev.train import train_cli; train_cli()'  # hacnn_train, by this interpreter
+
 def train_processes(cfg:TrainConfig, # the recipe (cfg.threads: torch threads per process)
                     procs:int=2, # DDP processes (gloo on CPU)
                     grace:float=30.0, # seconds the others get to finish after one worker failed
                    ) -> list: # the workers' exit codes, rank 0 first
-    "Run `hacnn_train` with `cfg` as `procs` processes of one DistributedDataParallel job on this machine; wait."
-    with socket.socket() as so: so.bind(('127.0.0.1', 0)); port = so.getsockname()[1]
-    env = {**os.environ, 'OMP_NUM_THREADS': str(max(cfg.threads, 1)), 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port),
-           'WORLD_SIZE': str(procs), 'LOCAL_WORLD_SIZE': str(procs)}
-    cmd = [sys.executable, '-m', 'hacnn_nbdev.train', *cli_args(cfg)]
-    ps = [subprocess.Popen(cmd, env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)}) for r in range(procs)]
-    def forward(signum, frame):  # a SIGTERM to the demo alone (a job scheduler, `kill`) reaches the workers too
-        for p in ps: p.poll() is None and p.send_signal(signum)
-    old = signal.signal(signal.SIGTERM, forward) if threading.current_thread() is threading.main_thread() else None
-    failed_at = None
-    try:
-        while any(p.poll() is None for p in ps):
-            try: time.sleep(0.2)
-            except KeyboardInterrupt: continue  # the terminal sent Ctrl-C to the workers too: they save and exit
-            if failed_at is None and any(p.returncode not in (None, 0) for p in ps): failed_at = time.monotonic()
-            if failed_at is not None and time.monotonic() - failed_at > grace:
-                for p in ps: p.poll() is None and p.kill()
+    "Run `hacnn_train` with `cfg` as `procs` processes of one DistributedDataParallel job; wait."
+    with socket.socket() as so:
+        so.bind(('127.0.0.1', 0))
+        port = so.getsockname()[1]
+    env = {**os.environ, 'OMP_NUM_THREADS': str(max(cfg.threads, 1)), 'MASTER_ADDR': '127.0.0.1',
+           'MASTER_PORT': str(port), 'WORLD_SIZE': str(procs), 'LOCAL_WORLD_SIZE': str(procs)}
+    cmd = [sys.executable, '-c', _TRAIN, *cli_args(cfg)]
+    ps = [subprocess.Popen(cmd, env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)})
+          for r in range(procs)]
+    def forward(signum, frame):  # a SIGTERM to the demo alone (a scheduler, `kill`) reaches them
+        for p in ps:
+            if p.poll() is None: p.send_signal(signum)
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, forward) if main else None
+    try: _wait(ps, grace)
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
     return [p.returncode for p in ps]
 
-# %% ../nbs/14_demo.ipynb #153fb16e
-def _train(cfg:TrainConfig, procs:int, out:Path):
-    "Train in this process (procs=1) or as a DDP job of `procs` processes; return last.pt's checkpoint."
-    if procs <= 1:
-        try: train(cfg)
-        except TrainError as e: raise TrainError(f"{e}\n(the demo keeps its run in {str(out)!r}; delete that folder to start the demo afresh)") from None
+def _wait(ps:list, grace:float):
+    "Wait for every process; once one has failed, kill those still running after `grace` seconds."
+    failed_at = None
+    while any(p.poll() is None for p in ps):
+        try: time.sleep(0.2)
+        except KeyboardInterrupt: continue  # the terminal sent Ctrl-C to the workers too
+        if failed_at is None and any(p.returncode not in (None, 0) for p in ps):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > grace:
+            for p in ps:
+                if p.poll() is None: p.kill()
+
+# %% ../nbs/14_demo.ipynb #19da7ce8
+def train_run(cfg:TrainConfig, # the recipe (cfg.out: the run folder)
+              procs:int=1, # 1: train in this process; more: a DDP job of that many processes
+              log=None, # messages of training in this process (None: `train`'s own)
+             ) -> dict: # the run's last.pt
+    "Train `cfg` in this process or as a DDP job of `procs` processes; return its last checkpoint."
+    if procs <= 1: train(cfg, log=log)
     else:
         rc = train_processes(cfg, procs)
-        if any(c != 0 for c in rc) or not (out / 'last.pt').exists():
-            raise TrainError(f"the training processes exited with codes {rc} (their messages are above); "
-                             f"the demo keeps its run in {str(out)!r}; delete that folder to start the demo afresh")
-    return load_checkpoint(out / 'last.pt')
+        if any(rc):  # the workers have said why
+            err = TrainError if set(rc) <= {0, 2} else RuntimeError
+            raise err(f"the training processes exited with codes {rc} (their messages are above)")
+    last = Path(cfg.out) / 'last.pt'
+    if not last.exists(): raise TrainError(f"training wrote no checkpoint {str(last)!r}")
+    return load_checkpoint(last)
+
+def untrained_network(cfg:TrainConfig, # the run's recipe
+                      num_classes:int, # its training identities
+                     ) -> HACNN:
+    "The network a run of `cfg` starts from (same seed, same initialisation), with its input spec."
+    seed_everything(cfg.seed)
+    net = HACNN(**cfg.model_kwargs(num_classes)).eval()
+    net.input_spec = cfg.input_spec
+    return net
+
+# %% ../nbs/14_demo.ipynb #807e5847
+def _world(root, world:dict|None, threads:int, cfg:TrainConfig, tm:dict, log) -> dict:
+    "Make (or reuse) the demo's world; refuse one too small to fill a batch."
+    tic = time.perf_counter()
+    w = make_world(root, **{'workers': threads, **(world or DEMO_WORLD)})
+    tm['world'] = time.perf_counter() - tic
+    log(f"[1/4] synthetic world in {str(root)!r}: {'reused' if w.get('reused') else 'generated'} "
+        f"({tm['world']:.0f} s)")
+    n = w['counts']['train']
+    if n < cfg.batch_size:
+        raise UsageError(f"the world in {str(root)!r} has {n} training images, fewer than one "
+                         f"batch of {cfg.batch_size}: give it more identities (--n-ids)")
+    return w
+
+# %% ../nbs/14_demo.ipynb #153fb16e
+def _noop(*a, **k): pass
+
+def _train(cfg:TrainConfig, procs:int, log) -> dict:
+    "`train_run`, its refusals told as the demo's: what to do with the demo's folder."
+    try: return train_run(cfg, procs, log)
+    except TrainError as e:
+        raise type(e)(f"{e} (the demo keeps its run in {cfg.out!r}; delete that folder to start "
+                      "the demo afresh)") from None
 
 def demo(root:str|Path='data/synthetic', # where the synthetic world is (made if missing)
          out:str|Path='runs/demo', # where the results go
@@ -145,64 +204,104 @@ def demo(root:str|Path='data/synthetic', # where the synthetic world is (made if
          procs:int|None=None, # training processes; None: DEMO_PROCS on a CPU, 1 with CUDA
          world:dict|None=None, # make_world arguments (default: DEMO_WORLD)
          progress:bool=True, # progress bars
-         log=print, # where progress messages go
-         **recipe, # TrainConfig fields overriding DEMO_RECIPE (e.g. epochs=3)
+         log=_noop, # where progress messages go (e.g. `print`)
+         command:str='demo()', # the command line the report names
+         **recipe, # TrainConfig fields over RECIPES['demo'] (e.g. epochs=3)
         ) -> dict|None: # the summary written to metrics.json; None if training was stopped (Ctrl-C)
-    "Synthetic world → untrained score → train on the CPU → trained score → pictures and report in `out`."
-    t0, tm = time.perf_counter(), {}
+    "Synthetic world → train on the CPU → trained and untrained scores → pictures, report in `out`."
+    t0, tm, out = time.perf_counter(), {}, Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder")
     procs = procs or (1 if torch.cuda.is_available() else min(DEMO_PROCS, os.cpu_count() or 1))
-    torch.set_num_threads(threads); out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    tic = time.perf_counter(); w = make_world(root, **{'workers': threads, **(world or DEMO_WORLD)}); tm['world'] = time.perf_counter() - tic
-    log(f"[1/4] synthetic world in {str(root)!r}: {'reused' if w.get('reused') else 'generated'} ({tm['world']:.0f} s)")
-    cfg = TrainConfig(root=str(root), out=str(out), resume=True, threads=max(threads // procs, 1), progress=progress, **{**DEMO_RECIPE, **recipe})
-    ds = get_dataset(cfg.dataset, root)
-    tic = time.perf_counter(); seed_everything(cfg.seed)
-    r0 = score(HACNN(**cfg.model_kwargs(ds.num_train_pids)), ds, cfg.height, cfg.width).results['SQ']; tm['untrained_eval'] = time.perf_counter() - tic
-    log(f"[2/4] untrained network: rank-1 {r0.cmc[0]:.3f}, mAP {r0.mAP:.3f} ({tm['untrained_eval']:.0f} s)")
-    tic = time.perf_counter(); ck = _train(cfg, procs, out); tm['train'] = time.perf_counter() - tic
-    if ck['epoch'] < cfg.epochs: log(f"training stopped at epoch {ck['epoch']} of {cfg.epochs}; run the demo again to continue"); return None
-    log(f"[3/4] trained {cfg.epochs} epochs with {procs} process(es) ({tm['train']:.0f} s)")
-    torch.set_num_threads(threads)  # in-process training set its own thread count
-    tic = time.perf_counter(); model = HACNN.from_checkpoint(ck).eval()
-    ev = score(model, ds, cfg.height, cfg.width); tm['eval'] = time.perf_counter() - tic
-    s = _finish(model, ck, ds, w, cfg, procs, ev, r0, tm, t0, out)
-    log(f"[4/4] trained network: rank-1 {s['rank1']:.3f}, mAP {s['mAP']:.3f}; results in {str(out)!r}")
+    rec = {**RECIPES['demo'], **recipe}
+    own = dict(resume=True, threads=max(threads // procs, 1), progress=progress)
+    cfg = TrainConfig(**{**own, **rec,
+                         'root': str(root), 'out': str(out)})
+    with torch_threads(threads):
+        w = _world(root, world, threads, cfg, tm, log)
+        tic = time.perf_counter()
+        ck = _train(cfg, procs, log)
+        tm['train'] = time.perf_counter() - tic
+        if ck['epoch'] < cfg.epochs:
+            log(f"training stopped at epoch {ck['epoch']} of {cfg.epochs}; "
+                "run the demo again to continue")
+            return None
+        log(f"[2/4] trained {cfg.epochs} epochs with {procs} process(es) ({tm['train']:.0f} s)")
+        ds, tic = get_dataset(cfg.dataset, root), time.perf_counter()
+        model = load_model(ck)
+        ev = _evaluate(model, ds)
+        tm['eval'], tic = time.perf_counter() - tic, time.perf_counter()
+        r0 = _evaluate(untrained_network(cfg, ds.num_train_pids), ds).results['SQ']
+        tm['untrained_eval'] = time.perf_counter() - tic
+        r = ev.results['SQ']
+        log(f"[3/4] rank-1 {r.cmc[0]:.3f}, mAP {r.mAP:.3f}; untrained: rank-1 {r0.cmc[0]:.3f}, "
+            f"mAP {r0.mAP:.3f} ({tm['eval'] + tm['untrained_eval']:.0f} s)")
+        s = _finish(model, ck, ds, w, cfg, rec, procs, ev, r0, tm, t0, out, command)
+    log(f"[4/4] pictures and report in {str(out)!r}")
     return s
 
 # %% ../nbs/14_demo.ipynb #27d4c9c6
-def _finish(model, ck, ds, w, cfg, procs, ev, r0, tm, t0, out) -> dict:
-    tic = time.perf_counter(); hist = ck.get('history', []); r = ev.results['SQ']; trained, untrained = scores(r), scores(r0)
-    plot_history(hist, out / 'curves.png'); save_pictures(model, ev, r0, out, cfg.height, cfg.width)
-    tm['pictures'] = time.perf_counter() - tic; tm['total'] = time.perf_counter() - t0
-    train_time = sum(h['time'] for h in hist); n_img = sum(h.get('images', 0) for h in hist)
-    s = dict({k: v for k, v in trained.items() if k != 'cmc'}, cmc=trained['cmc'], untrained=untrained,
-             command=' '.join([Path(sys.argv[0]).name] + sys.argv[1:]) if 'hacnn_demo' in sys.argv[0] else 'demo()',
-             epochs=ck['epoch'], widths=cfg.widths, lr=cfg.base_lr, schedule=cfg.schedule, batch_size=cfg.batch_size,
-             threads=torch.get_num_threads(), procs=procs, threads_per_proc=cfg.threads, flip=cfg.flip, label_smoothing=cfg.label_smoothing, theta_lr_mult=cfg.theta_lr_mult,
+def _finish(model, ck, ds, w, cfg, recipe, procs, ev, r0, tm, t0, out, command) -> dict:
+    "Draw the pictures; write metrics.json and report.md; return the summary."
+    tic, hist, r = time.perf_counter(), ck.get('history', []), ev.results['SQ']
+    plot_history(hist, out / 'curves.png')
+    save_pictures(model, ev, r0, out)
+    tm['pictures'], tm['total'] = time.perf_counter() - tic, time.perf_counter() - t0
+    train_time, n_img = sum(h['time'] for h in hist), sum(h.get('images', 0) for h in hist)
+    curve = lambda rr: [float(v) for v in rr.cmc]
+    ld = [round(x, 2) for x in os.getloadavg()]
+    s = dict(r.scores(), cmc=curve(r), untrained=dict(r0.scores(), cmc=curve(r0)), command=command,
+             recipe=recipe, epochs=ck['epoch'], widths=cfg.widths, lr=cfg.base_lr,
+             batch_size=cfg.batch_size,
+             threads=torch.get_num_threads(), procs=procs, threads_per_proc=cfg.threads,
              params_m=sum(p.numel() for p in model.parameters()) / 1e6,
              images_per_s=n_img / max(train_time, 1e-9), train_seconds=train_time, timing=tm,
-             world=dict(params=w.get('params', {}), train=len(ds.train), train_ids=ds.num_train_pids, query=len(ds.query), gallery=len(ds.gallery)),
-             machine=dict(cpus=os.cpu_count(), load_end=[round(x, 2) for x in os.getloadavg()], torch=torch.__version__, python=platform.python_version()))
-    (out / 'metrics.json').write_text(json.dumps(s, indent=1)); write_report(s, out)
+             world=dict(params=w.get('params', {}), train=len(ds.train),
+                        train_ids=ds.num_train_pids,
+                        query=len(ds.query), gallery=len(ds.gallery)),
+             machine=dict(cpus=os.cpu_count(), load_end=ld, torch=torch.__version__,
+                          python=platform.python_version()))
+    (out / 'metrics.json').write_text(json.dumps(s, indent=1))
+    write_report(s, out)
     return s
 
 # %% ../nbs/14_demo.ipynb #0296378f
-@call_parse
 def demo_cli(root:str='data/synthetic', # the synthetic world's folder (generated if missing)
              out:str='runs/demo', # results: metrics.json, report.md, *.png, last.pt
-             threads:int=DEMO_THREADS, # torch CPU threads in all (split between the training processes)
-             procs:int=None, # training processes (default: 2 on a CPU with 2+ cores, 1 with CUDA)
-             epochs:int=None, # training epochs (default: DEMO_RECIPE's, 16)
-             widths:str=None, # Inception widths d1,d2,d3 (default: DEMO_RECIPE's 32,64,96)
+             n_ids:int=None, # identities in the world (default: make_world's 500; 16: seconds)
+             epochs:int=None, # training epochs (default: RECIPES['demo']'s 16)
+             widths:str=None, # Inception widths d1,d2,d3 (default: RECIPES['demo']'s 32,64,96)
              seed:int=0, # seed of the weights and the data order
+             threads:int=DEMO_THREADS, # torch CPU threads in all (split between training processes)
+             procs:int=None, # training processes (default: 2 on a CPU with 2+ cores, 1 with CUDA)
              progress:bool=True, # progress bars
             ):
-    "The demo: synthetic world -> train HA-CNN on the CPU -> evaluate (trained vs untrained) -> runs/demo/."
-    recipe = {k: v for k, v in dict(epochs=epochs, widths=widths, seed=seed).items() if v is not None}
-    try: s = demo(root, out, threads, procs, progress=progress, **recipe)
-    except (TrainError, ValueError, FileNotFoundError) as e: print(f"hacnn_demo: error: {e}", file=sys.stderr); sys.exit(2)
-    if s is None: sys.exit(130)  # stopped by Ctrl-C / SIGTERM; the run is saved and resumes next time
+    "The demo: synthetic world -> train HA-CNN on the CPU -> score it and its untrained self."
+    world = {**DEMO_WORLD, **({} if n_ids is None else {'n_ids': n_ids})}
+    recipe = {k: v for k, v in dict(epochs=epochs, widths=widths, seed=seed).items()
+              if v is not None}
+    command = _command(root=root, out=out, n_ids=n_ids, epochs=epochs, widths=widths, seed=seed,
+                       threads=threads, procs=procs, progress=progress)
+    try: s = demo(root, out, threads, procs, world, progress, print, command, **recipe)
+    except OptionError as e: raise e.dashed() from None  # a world option out of range, as an option
+    if s is None: sys.exit(130)  # stopped by Ctrl-C / SIGTERM; saved, it resumes next time
     u = s['untrained']
     print(f"trained:   rank-1 {s['rank1']:.3f}  mAP {s['mAP']:.3f}  mINP {s['mINP']:.3f}\n"
           f"untrained: rank-1 {u['rank1']:.3f}  mAP {u['mAP']:.3f}  mINP {u['mINP']:.3f}\n"
-          f"{s['timing']['total']:.0f} s ({s['procs']} training process(es), {s['threads']} threads); results in {out}/ (report.md, metrics.json, *.png)")
+          f"{s['timing']['total']:.0f} s ({s['procs']} training process(es), "
+          f"{s['threads']} threads); "
+          f"results in {out}/ (report.md, metrics.json, *.png)")
+
+def _command(**given) -> str:
+    "The `hacnn_demo` command line of these options (those at their defaults left out)."
+    ps, words = inspect.signature(demo_cli).parameters, ['hacnn_demo']
+    for k, v in given.items():
+        opt = k.replace('_', '-')
+        if v == ps[k].default: continue
+        flag = [f'--{opt}' if v else f'--no-{opt}']
+        words += flag if isinstance(v, bool) else [f'--{opt}', str(v)]
+    return ' '.join(words)
+
+def demo_main():
+    "The `hacnn_demo` command."
+    run_command(demo_cli, 'hacnn_demo')

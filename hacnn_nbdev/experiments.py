@@ -4,160 +4,252 @@
 
 # %% ../nbs/12_experiments.ipynb #fcc57b04
 from __future__ import annotations
-import json, time, statistics, hashlib
-from dataclasses import dataclass, asdict, field
+import dataclasses, hashlib, json, time
+from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['PAPER', 'CONFIGS', 'BASE', 'EXPERIMENT_WORLD', 'TABLE5', 'Setup', 'ensure_world', 'rank_metrics', 'branch_metrics',
-           'run_key', 'run_one', 'read_results', 'run_plan', 'Md', 'summarise', 'ablation_table', 'sweep_rows',
-           'sweep_table', 'plot_sweep', 'complexity_table', 'paper_plan']
+__all__ = ['PAPER', 'CONFIGS', 'MINI_RECIPE', 'RUN_FIELDS', 'BASE', 'EXPERIMENT_WORLD', 'RECORD_FORMAT', 'LABELS', 'TABLE5',
+           'Setup', 'world_kwargs', 'ensure_world', 'branch_scores', 'run_key', 'run_one', 'read_results', 'run_plan',
+           'Md', 'pm', 'summarise', 'ablation_table', 'sweep_rows', 'sweep_table', 'plot_sweep', 'paired_gains',
+           'runs_table', 'gains_table', 'complexity_table', 'paper_plan']
 
 # %% ../nbs/12_experiments.ipynb #97618341
-from .core import seed_everything
+from .checkpoint import load_model
+from .data import get_dataset
+from .loaders import build_test_loader
+from .evaluate import branch_features
+from .runtime import extract_features
+from .metrics import score_features
 from .model import HACNN, model_complexity
-from .metrics import compute_distance, evaluate_rank
-from .train import train
-from .evaluate import extract_features
 from .synthetic import make_world, GENERATOR
+from .train import RESUMABLE_CHANGES, TrainConfig
+from .demo import train_run, untrained_network
 
 # %% ../nbs/12_experiments.ipynb #0fb373fa
 PAPER = {  # Market-1501, single query; (rank-1 %, mAP %)
-    'table5': {'No attention': (84.7, 65.3), 'SSA': (85.5, 65.8), 'SCA': (86.8, 67.9), 'SSA+SCA': (88.5, 70.2),
-               'HRA': (88.2, 71.0), 'All': (91.2, 75.7)},
+    'table5': {'No attention': (84.7, 65.3), 'SSA': (85.5, 65.8), 'SCA': (86.8, 67.9),
+               'SSA+SCA': (88.5, 70.2), 'HRA': (88.2, 71.0), 'All': (91.2, 75.7)},
     'table6': {'w/o CAIL': (86.6, 66.2), 'w/ CAIL': (91.2, 75.7)},
     'table7': {'Global': (89.9, 72.5), 'Local': (88.9, 71.7), 'Global+Local': (91.2, 75.7)},
     'table8': {'FLOPs': 1.09e9, 'params (M)': 2.7, 'depth': 39},
 }
 
 # %% ../nbs/12_experiments.ipynb #b9bedf9d
-_OFF = dict(spatial_attention=False, channel_attention=False, hard_attention=False, cross_attention=True)
-CONFIGS = {
+_OFF = dict(spatial_attention=False, channel_attention=False, hard_attention=False,
+            cross_attention=True)
+_ALL = dict(spatial_attention=True, channel_attention=True, hard_attention=True)
+CONFIGS = {  # name -> TrainConfig fields of that row
     'No attention': _OFF,
     'SSA':     {**_OFF, 'spatial_attention': True},
     'SCA':     {**_OFF, 'channel_attention': True},
     'SSA+SCA': {**_OFF, 'spatial_attention': True, 'channel_attention': True},
     'HRA':     {**_OFF, 'hard_attention': True},
-    'All':     dict(spatial_attention=True, channel_attention=True, hard_attention=True, cross_attention=True),
-    'w/o CAIL': dict(spatial_attention=True, channel_attention=True, hard_attention=True, cross_attention=False),
+    'All':     dict(_ALL, cross_attention=True),
+    'w/o CAIL': dict(_ALL, cross_attention=False),
 }
 
 # %% ../nbs/12_experiments.ipynb #53f87b44
+MINI_RECIPE = dict(      # TrainConfig fields of Tables 5-7's runs that differ from Sec. 4's
+    widths='16,32,48',   # Inception widths d1,d2,d3 (the paper's: 128,256,384)
+    feat_dim=128,        # each branch's feature (the paper's: 512)
+    epochs=10,           # training epochs (the paper's: 150)
+    batch_size=32,       # images per step (the paper's: 32)
+    lr=2e-3,             # Adam learning rate (the paper's: 5e-4, constant, for 150 epochs)
+    schedule='cosine',   # learning-rate schedule (the paper's: constant)
+    height=96, width=48, # input size (the paper's: 160x64)
+    threads=1)           # torch CPU threads per training process
+RUN_FIELDS = ('root', 'out', 'seed', 'resume', 'progress')  # TrainConfig fields each run sets
+
 @dataclass
 class Setup:
-    "Everything shared by the runs of one experiment: the world and the training recipe."
-    n_ids:int=100         # identities in the synthetic world: half train, half test (Market-1501: 751 + 750)
+    "What the runs of one experiment share: world, recipe (TrainConfig fields), processes."
+    n_ids:int=100         # identities in the world: half train, half test (Market-1501: 751 + 750)
     jitter:float=1.0      # detector misalignment level of the world (0: perfect boxes)
     world_seed:int=0      # seed of the world
-    world_kw:dict=field(default_factory=dict) # any further `make_world` arguments
-    widths:str='16,32,48' # Inception widths d1,d2,d3 (the paper's: 128,256,384)
-    feat_dim:int=128      # each branch's feature (the paper's: 512)
-    epochs:int=10         # training epochs (the paper's: 150)
-    batch_size:int=32     # images per step (the paper's: 32)
-    lr:float=2e-3         # Adam learning rate (the paper's: 5e-4, constant, for 150 epochs)
-    schedule:str='cosine' # learning-rate schedule (the paper's: constant)
-    height:int=96         # input height (the paper's: 160)
-    width:int=48          # input width (the paper's: 64)
-    threads:int=1         # torch CPU threads per run
+    world_kw:dict=field(default_factory=dict) # more `make_world` arguments (over EXPERIMENT_WORLD)
+    recipe:dict=field(default_factory=lambda: dict(MINI_RECIPE)) # TrainConfig fields (see `vary`)
+    procs:int=1           # training processes (more than one: a DDP job over gloo)
 
-    def world_name(self) -> str:
-        "Folder name of this setup's world."
-        kw = hashlib.sha1(json.dumps(self.world_kw, sort_keys=True).encode()).hexdigest()[:6] if self.world_kw else ''
-        return f"ids{self.n_ids}_jit{self.jitter:g}_seed{self.world_seed}" + (f"_kw{kw}" if kw else '')
+    def __post_init__(self):
+        known = {f.name for f in fields(TrainConfig)} - set(RUN_FIELDS)
+        bad = sorted(set(self.recipe) - known)
+        if bad: raise ValueError(f"Setup.recipe sets {', '.join(bad)}: expected TrainConfig fields "
+                                 f"other than {', '.join(RUN_FIELDS)}, which each run sets")
+        if self.procs < 1: raise ValueError(f"Setup.procs must be at least 1, got {self.procs!r}")
+        TrainConfig(**self.recipe)  # a value TrainConfig refuses is refused now, not mid-plan
+
+# %% ../nbs/12_experiments.ipynb #f614f7d7
+@patch
+def world_name(self:Setup) -> str:
+    "Folder name of this setup's world."
+    kw = json.dumps(self.world_kw, sort_keys=True).encode()
+    tag = f"_kw{hashlib.sha1(kw).hexdigest()[:6]}" if self.world_kw else ''
+    return f"ids{self.n_ids}_jit{self.jitter:g}_seed{self.world_seed}{tag}"
+
+@patch
+def vary(self:Setup,
+         **changes, # Setup fields (n_ids, jitter, ...) and TrainConfig fields (epochs, lr, ...)
+        ) -> Setup:
+    "This setup with world settings and recipe fields changed: `BASE.vary(jitter=2.0, epochs=24)`."
+    own = {f.name for f in fields(Setup)}
+    world = {k: v for k, v in changes.items() if k in own}
+    fields_ = {k: v for k, v in changes.items() if k not in own}
+    recipe = {**world.pop('recipe', self.recipe), **fields_}
+    return dataclasses.replace(self, **world, recipe=recipe)
+
+@patch
+def train_config(self:Setup,
+                 overrides:dict, # a configuration's TrainConfig fields (e.g. `CONFIGS['SSA']`)
+                 seed:int, root:str|Path, out:str|Path, # the run's seed, world and folder
+                ) -> TrainConfig:
+    "The TrainConfig of one run: Sec. 4's recipe, the setup's changes, the configuration's."
+    own = dict(root=str(root), out=str(out), seed=seed, resume=True, progress=False)
+    return TrainConfig(**{'device': 'cpu', **self.recipe, **overrides, **own})
 
 # %% ../nbs/12_experiments.ipynb #cd5169eb
 BASE = Setup()
 
 # %% ../nbs/12_experiments.ipynb #6670c16f
-EXPERIMENT_WORLD = dict(imgs_per_id=(10, 16), cast=1.0, clutter=1.0, sibling_frac=0.3)  # make_world's defaults when the recorded runs were made
+# make_world's defaults when the recorded runs were made
+EXPERIMENT_WORLD = dict(imgs_per_id=(10, 16), cast=1.0, clutter=1.0, sibling_frac=0.3)
+
+def world_kwargs(setup:Setup, # the world's settings
+                ) -> dict:
+    "The `make_world` arguments of the setup's world."
+    return dict(seed=setup.world_seed, n_ids=setup.n_ids, jitter=setup.jitter,
+                **{**EXPERIMENT_WORLD, **setup.world_kw})
 
 def ensure_world(setup:Setup, # the world's settings
                  worlds_dir:str|Path, # folder holding one sub-folder per world
                 ) -> Path:
-    "The setup's synthetic world on disk (`make_world` re-uses a folder that already holds this very world)."
+    "The setup's world on disk (`make_world` re-uses a folder that already holds this very world)."
     root = Path(worlds_dir) / setup.world_name()
-    make_world(root, seed=setup.world_seed, n_ids=setup.n_ids, jitter=setup.jitter, **{**EXPERIMENT_WORLD, **setup.world_kw})
+    make_world(root, **world_kwargs(setup))
     return root
 
 # %% ../nbs/12_experiments.ipynb #d7c2d2bb
-def rank_metrics(qf:torch.Tensor, gf:torch.Tensor, # query and gallery features
-                 qp, gp, qc, gc, # query/gallery pids and camids
-                ) -> dict:
-    "rank-1 and mAP (in %) of one feature on one query/gallery split."
-    r = evaluate_rank(np.asarray(compute_distance(qf, gf)), qp, gp, qc, gc)
-    return dict(rank1=100 * float(r.cmc[0]), mAP=100 * float(r.mAP))
+def branch_scores(qf:torch.Tensor, gf:torch.Tensor, # eval features (N, 2·feat_dim): global, local
+                  q_pids, g_pids, q_camids, g_camids, # query/gallery identities and cameras
+                 ) -> dict:
+    "rank-1/5/10, mAP, mINP (fractions) of the global half, the local half, the whole (Table 7)."
+    d, labels = qf.shape[1] // 2, (q_pids, g_pids, q_camids, g_camids)
+    part = lambda f, b: branch_features(f, d, b)  # `10_evaluate`: which columns each branch gives
+    return {k: score_features(part(qf, b), part(gf, b), *labels).scores()
+            for k, b in (('global', 'global'), ('local', 'local'), ('joint', 'both'))}
 
-def branch_metrics(qf:torch.Tensor, gf:torch.Tensor, # eval-mode features (N, 2·feat_dim): global half, then local half
-                   qp, gp, qc, gc, # query/gallery pids and camids
-                  ) -> dict:
-    "Metrics of the global half, the local half and the joint feature (Table 7)."
-    d = qf.shape[1] // 2
-    return {'global': rank_metrics(qf[:, :d], gf[:, :d], qp, gp, qc, gc),
-            'local':  rank_metrics(qf[:, d:], gf[:, d:], qp, gp, qc, gc),
-            'joint':  rank_metrics(qf, gf, qp, gp, qc, gc)}
+def _features(model, records, batch_size=128):
+    "Features, identities and cameras of `records`, read as the model's `input_spec` says."
+    s = model.input_spec
+    loader = build_test_loader(records, batch_size, 0, s.height, s.width, mean=s.mean, std=s.std)
+    return extract_features(model, loader, progress=False)
 
 # %% ../nbs/12_experiments.ipynb #0cae9bf6
-def run_key(name:str, seed:int, setup:Setup) -> str:
-    "The identity of a run in the results file: configuration, seed, every setting and the world generator's version."
-    return json.dumps(dict(name=name, seed=seed, generator=GENERATOR, **asdict(setup)), sort_keys=True)
+RECORD_FORMAT = 'hacnn_nbdev.experiments/2'  # records: the recipe as a dict, scores as fractions
+
+def run_key(name:str, # the configuration
+            seed:int, # the run's seed
+            setup:Setup, # world, recipe, processes
+            generator:str=GENERATOR, # the synthetic world's generator version
+           ) -> str:
+    "A run's identity in a results file: configuration, seed, world, recipe, processes, generator."
+    world = dict(n_ids=setup.n_ids, jitter=setup.jitter, world_seed=setup.world_seed,
+                 world_kw=setup.world_kw)
+    procs = {'procs': setup.procs} if setup.procs != 1 else {}  # one: the keys made before `procs`
+    return json.dumps(dict(name=name, seed=seed, generator=generator, **world, **setup.recipe,
+                           **procs),
+                      sort_keys=True)
+
+# %% ../nbs/12_experiments.ipynb #dccaf770
+def _check_run(ck:dict, cfg:TrainConfig, name:str, seed:int):
+    "Refuse a run folder that stopped early, or whose recipe is not `cfg`'s."
+    if ck['epoch'] < cfg.epochs:  # stopped (Ctrl-C / SIGTERM saves and returns): resume next time
+        raise RuntimeError(f"{name} seed {seed} stopped at epoch {ck['epoch']} of {cfg.epochs}; "
+                           "run the plan again to resume it")
+    saved, want = ck.get('args', {}), asdict(cfg)
+    fixed = [k for k in want if k not in RESUMABLE_CHANGES and k in saved]
+    diff = {k: saved[k] for k in fixed if saved[k] != want[k]}
+    if diff: raise RuntimeError(f"the run in {cfg.out!r} was trained with {diff}, not with "
+                                f"{ {k: want[k] for k in diff} }")
 
 def run_one(name:str, # a key of `CONFIGS` (or of `configs`)
             seed:int, # seeds the weights and the data order
-            setup:Setup, # world and recipe
+            setup:Setup, # world, recipe and processes
             worlds_dir:str|Path='data/experiments', # where worlds are made
             runs_dir:str|Path='runs/experiments', # where each run's checkpoint and log go
-            configs:dict=CONFIGS, # name → HACNN switches
+            configs:dict=CONFIGS, # name -> TrainConfig fields
            ) -> dict:
-    "Train one configuration on the setup's world; return its record (metrics of the three features, time)."
-    flags = configs[name]
-    root = ensure_world(setup, worlds_dir)
-    key = run_key(name, seed, setup)
-    tag = hashlib.sha1(key.encode()).hexdigest()[:8]          # one folder per (configuration, seed, settings)
-    out = Path(runs_dir) / setup.world_name() / f"{name.replace('/', '').replace(' ', '_')}_s{seed}_{tag}"
-    t0 = time.time()
-    root = root.resolve()   # absolute: the same run whether started from nbs/ or from the repository
-    tr = train(root=str(root), out=str(out), dataset='market1501', epochs=setup.epochs, batch_size=setup.batch_size,
-               lr=setup.lr, schedule=setup.schedule, widths=setup.widths, feat_dim=setup.feat_dim, height=setup.height,
-               width=setup.width, seed=seed, threads=setup.threads, device='cpu', progress=False, resume=True, **flags)
+    "Train one configuration on the setup's world; its record: scores of the three features, time."
+    key, t0 = run_key(name, seed, setup), time.time()
+    root = ensure_world(setup, worlds_dir).resolve()   # absolute: one run from nbs/ or the repo
+    tag = hashlib.sha1(key.encode()).hexdigest()[:8]   # a folder per configuration, seed, settings
+    folder = f"{name.replace('/', '').replace(' ', '_')}_s{seed}_{tag}"
+    out = Path(runs_dir) / setup.world_name() / folder
+    cfg = setup.train_config(configs[name], seed, root, out)
+    ck = train_run(cfg, setup.procs)
     t_train = time.time() - t0
-    if tr.epoch < setup.epochs:   # stopped early (Ctrl-C / SIGTERM saves and returns): record nothing, resume next time
-        raise RuntimeError(f"{name} seed {seed} stopped at epoch {tr.epoch} of {setup.epochs}; run the plan again to resume it")
-    got = {k: getattr(tr.cfg, k) for k in ('epochs', 'batch_size', 'lr', 'schedule', 'widths', 'feat_dim', 'height', 'width')}
-    want = {k: getattr(setup, k) for k in got}
-    if got != want: raise RuntimeError(f"the run in {str(out)!r} was trained with {got}, not the setup's {want}")
-    qf, qp, qc = extract_features(tr.model, tr.loader(tr.ds.query, batch_size=128), progress=False)
-    gf, gp, gc = extract_features(tr.model, tr.loader(tr.ds.gallery, batch_size=128), progress=False)
-    return dict(key=key, name=name, seed=seed, flags=flags, setup=asdict(setup), generator=GENERATOR,
-                metrics=branch_metrics(qf, gf, qp, gp, qc, gc), train_seconds=round(t_train, 1),
-                seconds=round(time.time() - t0, 1), final_loss=tr.history[-1]['loss'] if tr.history else None)
+    _check_run(ck, cfg, name, seed)
+    model, ds = load_model(ck), get_dataset(cfg.dataset, cfg.root, split=cfg.split)
+    (qf, qp, qc), (gf, gp, gc) = (_features(model, r) for r in (ds.query, ds.gallery))
+    fresh = untrained_network(cfg, ds.num_train_pids)  # the weights the training started from
+    (uq, _, _), (ug, _, _) = (_features(fresh, r) for r in (ds.query, ds.gallery))
+    hist = ck.get('history') or [{}]
+    return dict(format=RECORD_FORMAT, key=key, name=name, seed=seed, overrides=configs[name],
+                setup=asdict(setup), generator=GENERATOR,
+                metrics=branch_scores(qf, gf, qp, gp, qc, gc),
+                untrained=score_features(uq, ug, qp, gp, qc, gc).scores(),
+                train_seconds=round(t_train, 1),
+                seconds=round(time.time() - t0, 1), final_loss=hist[-1].get('loss'))
 
 # %% ../nbs/12_experiments.ipynb #ef5214ea
-def read_results(path:str|Path) -> dict:
+def _upgrade(rec:dict) -> dict:
+    "A record as this version writes it; format-1 records (flat setup, scores in %) are converted."
+    if rec.get('format') == RECORD_FORMAT: return rec
+    s, world = rec['setup'], ('n_ids', 'jitter', 'world_seed', 'world_kw')
+    recipe = {k: v for k, v in s.items() if k not in world}
+    setup = dict({k: s[k] for k in world}, recipe=recipe, procs=1)
+    frac = lambda m: {k: v / 100 for k, v in m.items()}
+    return dict({k: v for k, v in rec.items() if k != 'flags'}, format=RECORD_FORMAT, setup=setup,
+                overrides=rec.get('flags', {}),
+                metrics={f: frac(m) for f, m in rec['metrics'].items()})
+
+def read_results(path:str|Path, # a JSON-lines results file
+                ) -> dict:
     "Records of a results file, by run key (a missing file is an empty one)."
     p = Path(path)
     if not p.exists(): return {}
-    recs = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+    recs = [_upgrade(json.loads(l)) for l in p.read_text().splitlines() if l.strip()]
     return {r['key']: r for r in recs}
+
+# %% ../nbs/12_experiments.ipynb #3fda4320
+def _noop(*a, **k): pass
 
 def run_plan(plan:list, # (name, seed, Setup) triples, run in order
              results:str|Path, # JSON-lines file of finished runs (read first, appended to)
              budget_s:float=float('inf'), # start no new run after this many seconds
-             log=print, # where progress lines go
+             log=_noop, # where progress lines go (e.g. `print`)
              **kw, # passed to `run_one` (worlds_dir, runs_dir, configs)
             ) -> list:
-    "Run every planned configuration not yet in `results`; return the records of the plan, in order (None if not run)."
+    "Run every planned run not yet in `results`; the plan's records, in order (None: not run)."
     done, t0, out = read_results(results), time.time(), []
     Path(results).parent.mkdir(parents=True, exist_ok=True)
     for i, (name, seed, setup) in enumerate(plan):
-        key = run_key(name, seed, setup)
-        if key not in done: done.update(read_results(results))   # another runner may have finished it meanwhile
+        key, at = run_key(name, seed, setup), f"[{i + 1}/{len(plan)}] {name} seed {seed}"
+        if key not in done: done.update(read_results(results))  # another runner may have done it
+        if key not in done and time.time() - t0 > budget_s:
+            log(f"{at}: NOT RUN (budget of {budget_s:.0f} s spent)")
+            out.append(None)
+            continue
         if key not in done:
-            if time.time() - t0 > budget_s: log(f"[{i+1}/{len(plan)}] {name} seed {seed}: NOT RUN (budget of {budget_s:.0f} s spent)"); out.append(None); continue
-            rec = json.loads(json.dumps(run_one(name, seed, setup, **kw))); done[key] = rec   # as it will read back
+            rec = json.loads(json.dumps(run_one(name, seed, setup, **kw)))  # as it will read back
             with open(results, 'a') as f: f.write(json.dumps(rec) + '\n')
-            m = rec['metrics']['joint']; log(f"[{i+1}/{len(plan)}] {name} seed {seed} jitter {setup.jitter:g}: rank-1 {m['rank1']:.1f} mAP {m['mAP']:.1f} ({rec['seconds']:.0f} s)")
+            done[key], m = rec, rec['metrics']['joint']
+            log(f"{at} jitter {setup.jitter:g}: rank-1 {100 * m['rank1']:.1f} "
+                f"mAP {100 * m['mAP']:.1f} "
+                f"({rec['seconds']:.0f} s)")
         out.append(done[key])
     return out
 
@@ -166,37 +258,51 @@ class Md(str):
     "A string that notebooks render as Markdown."
     def _repr_markdown_(self): return str(self)
 
+def pm(values:list, # numbers, e.g. one measure over seeds
+       digits:int=1, # decimals shown
+       ddof:int=0, # 0: population std; 1: sample std (shown only with two values or more)
+      ) -> str:
+    "Mean ± standard deviation, as text (the mean alone where the std is undefined)."
+    s = f"{np.mean(values):.{digits}f}"
+    return s + (f" ± {np.std(values, ddof=ddof):.{digits}f}" if len(values) > ddof else '')
+
 def summarise(records:list, # run records (None entries are skipped)
               name:str, # configuration to summarise
               feature:str='joint', # 'joint', 'global' or 'local'
               jitter:float|None=None, # only runs on worlds of this jitter (None: any)
               seeds:tuple|None=None, # only these seeds (None: all)
+              keys:tuple=('rank1', 'mAP'), # the measures
              ) -> dict|None:
-    "Mean, std and per-seed values of rank-1 and mAP over the seeds of one configuration."
-    rs = sorted((r for r in records if r and r['name'] == name and (jitter is None or r['setup']['jitter'] == jitter)
-                 and (seeds is None or r['seed'] in seeds)), key=lambda r: r['seed'])
+    "Mean, std and per-seed values (% points) of each measure over the seeds of one configuration."
+    ok = lambda r: (r and r['name'] == name and (jitter is None or r['setup']['jitter'] == jitter)
+                    and (seeds is None or r['seed'] in seeds))
+    rs = sorted(filter(ok, records), key=lambda r: r['seed'])
     if not rs: return None
-    v = {m: [r['metrics'][feature][m] for r in rs] for m in ('rank1', 'mAP')}
+    v = {m: [100 * r['metrics'][feature][m] for r in rs] for m in keys}
     return dict(name=name, seeds=[r['seed'] for r in rs], **{f'{m}_all': v[m] for m in v},
-                **{f'{m}_mean': float(np.mean(v[m])) for m in v}, **{f'{m}_std': float(np.std(v[m])) for m in v})
+                **{f'{m}_mean': float(np.mean(v[m])) for m in v},
+                **{f'{m}_std': float(np.std(v[m])) for m in v})
 
-def _pm(s, m): return f"{s[m + '_mean']:.1f} ± {s[m + '_std']:.1f}"
-
+# %% ../nbs/12_experiments.ipynb #460b14ca
 def ablation_table(records:list, # run records
-                   rows:dict, # row label → (configuration name, feature)
-                   paper:dict, # row label → (rank-1, mAP) from the paper
+                   rows:dict, # row label -> (configuration name, feature)
+                   paper:dict, # row label -> (rank-1, mAP) from the paper
                    jitter:float|None=None, # restrict to one world jitter
                   ) -> Md:
-    "Markdown table: paper's rank-1/mAP beside ours (mean ± std over seeds, per-seed values), and gaps to the first row."
-    s = "| | paper R1 | paper mAP | ours R1 | ours mAP | R1 per seed | mAP per seed | ΔR1 paper / ours | ΔmAP paper / ours |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n"
-    base = None
+    "Markdown: the paper's rank-1/mAP beside ours (mean ± std, per seed), and gaps to row one."
+    s = ("| | paper R1 | paper mAP | ours R1 | ours mAP | R1 per seed | mAP per seed "
+         "| ΔR1 paper / ours | ΔmAP paper / ours |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+    base, each = None, lambda v: ', '.join(f'{x:.1f}' for x in v)
     for label, (name, feat) in rows.items():
         st, p = summarise(records, name, feat, jitter), paper.get(label, (float('nan'),) * 2)
-        if st is None: s += f"| {label} | {p[0]} | {p[1]} | not run | not run | | | | |\n"; continue
+        if st is None:
+            s += f"| {label} | {p[0]} | {p[1]} | not run | not run | | | | |\n"
+            continue
         if base is None: base = (p, st)
         d = lambda i, m: f"{p[i] - base[0][i]:+.1f} / {st[m + '_mean'] - base[1][m + '_mean']:+.1f}"
-        s += (f"| {label} | {p[0]} | {p[1]} | {_pm(st, 'rank1')} | {_pm(st, 'mAP')} | {', '.join(f'{x:.1f}' for x in st['rank1_all'])} "
-              f"| {', '.join(f'{x:.1f}' for x in st['mAP_all'])} | {d(0, 'rank1')} | {d(1, 'mAP')} |\n")
+        s += (f"| {label} | {p[0]} | {p[1]} | {pm(st['rank1_all'])} | {pm(st['mAP_all'])} "
+              f"| {each(st['rank1_all'])} | {each(st['mAP_all'])} "
+              f"| {d(0, 'rank1')} | {d(1, 'mAP')} |\n")
     return Md(s)
 
 # %% ../nbs/12_experiments.ipynb #f016af2e
@@ -207,19 +313,24 @@ def sweep_rows(records:list, # run records
               ) -> list:
     "Per jitter level: rank-1/mAP mean and std of each configuration (None where not run)."
     jits = sorted({r['setup']['jitter'] for r in records if r})
-    return [dict(jitter=j, **{c: summarise(records, c, feature, j, seeds) for c in configs}) for j in jits]
+    return [dict(jitter=j, **{c: summarise(records, c, feature, j, seeds) for c in configs})
+            for j in jits]
 
 def sweep_table(rows:list, # from `sweep_rows`
-                configs:tuple=('No attention', 'All'), # the two networks compared (gap: second − first)
+                configs:tuple=('No attention', 'All'), # the two networks (gap: second − first)
                ) -> Md:
     "Markdown table of the sweep: each network's rank-1/mAP per jitter level, and the gap."
     a, b = configs
-    s = f"| jitter | {a} R1 | {a} mAP | {b} R1 | {b} mAP | gap R1 | gap mAP | seeds |\n|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    s = (f"| jitter | {a} R1 | {a} mAP | {b} R1 | {b} mAP | gap R1 | gap mAP | seeds |\n"
+         "|--:|--:|--:|--:|--:|--:|--:|--:|\n")
     for r in rows:
-        if r[a] is None or r[b] is None: s += f"| {r['jitter']:g} | not run | | | | | | |\n"; continue
+        if r[a] is None or r[b] is None:
+            s += f"| {r['jitter']:g} | not run | | | | | | |\n"
+            continue
         g = lambda m: r[b][m + '_mean'] - r[a][m + '_mean']
-        s += (f"| {r['jitter']:g} | {_pm(r[a], 'rank1')} | {_pm(r[a], 'mAP')} | {_pm(r[b], 'rank1')} | {_pm(r[b], 'mAP')} "
-              f"| {g('rank1'):+.1f} | {g('mAP'):+.1f} | {len(r[a]['seeds'])} / {len(r[b]['seeds'])} |\n")
+        cells = ' | '.join(pm(r[c][m + '_all']) for c in (a, b) for m in ('rank1', 'mAP'))
+        s += (f"| {r['jitter']:g} | {cells} | {g('rank1'):+.1f} | {g('mAP'):+.1f} "
+              f"| {len(r[a]['seeds'])} / {len(r[b]['seeds'])} |\n")
     return Md(s)
 
 def plot_sweep(rows:list, # from `sweep_rows`
@@ -232,20 +343,78 @@ def plot_sweep(rows:list, # from `sweep_rows`
     for ax, m in zip(axes, ('rank1', 'mAP')):
         for c, lab in zip(configs, labels):
             rr = [r for r in rows if r[c] is not None]
-            ax.errorbar([r['jitter'] for r in rr], [r[c][m + '_mean'] for r in rr], [r[c][m + '_std'] for r in rr], marker='o', capsize=3, label=lab)
-        ax.set_xlabel('detector jitter (0 = perfect boxes)'); ax.set_ylabel(f"{'rank-1' if m == 'rank1' else 'mAP'} (%)"); ax.legend()
+            ax.errorbar([r['jitter'] for r in rr], [r[c][m + '_mean'] for r in rr],
+                        [r[c][m + '_std'] for r in rr], marker='o', capsize=3, label=lab)
+        ax.set_xlabel('detector jitter (0 = perfect boxes)')
+        ax.set_ylabel(f"{'rank-1' if m == 'rank1' else 'mAP'} (%)")
+        ax.legend()
     return fig
 
+# %% ../nbs/12_experiments.ipynb #3b664ceb
+LABELS = dict(rank1='rank-1', rank5='rank-5', rank10='rank-10', mAP='mAP', mINP='mINP')
+
+def paired_gains(runs:list, # score dicts with a 'seed' (fractions), of the configuration
+                 base:list, # the same for the configuration it is compared with
+                 keys:tuple=('rank1', 'mAP', 'mINP'), # the measures
+                ) -> list: # per seed both have: dict(seed=..., key=points, ...)
+    "`runs` minus `base`, seed by seed, in percentage points."
+    by = {b['seed']: b for b in base}
+    return [dict(seed=r['seed'], **{k: 100 * (r[k] - by[r['seed']][k]) for k in keys})
+            for r in sorted(runs, key=lambda r: r['seed']) if r['seed'] in by]
+
+def _scores(records, name, jitter, feature):
+    return [dict(seed=r['seed'], **r['metrics'][feature]) for r in records
+            if r and r['name'] == name and r['setup']['jitter'] == jitter]
+
+def runs_table(records:list, # run records
+               keys:tuple=('rank1', 'mAP', 'mINP'), # the measures
+               feature:str='joint', # which feature is evaluated
+              ) -> Md:
+    "Every configuration on every world jitter: its seeds and the mean ± std (%) of each measure."
+    groups = dict.fromkeys((r['setup']['jitter'], r['name']) for r in records if r)
+    rows = ['| jitter | run | seeds | ' + ' | '.join(LABELS[k] for k in keys) + ' |',
+            '|--:|---|---|' + '--:|' * len(keys)]
+    for j, n in sorted(groups, key=lambda g: g[0]):
+        st = summarise(records, n, feature, j, keys=keys)
+        rows.append(f"| {j:g} | {n} | {','.join(map(str, st['seeds']))} | "
+                    + ' | '.join(pm(st[k + '_all']) for k in keys) + ' |')
+    return Md('\n'.join(rows))
+
+def gains_table(records:list, # run records
+                pairs:dict, # configuration -> the configuration it is compared with
+                keys:tuple=('rank1', 'mAP', 'mINP'), # the measures
+                feature:str='joint', # which feature is evaluated
+               ) -> Md:
+    "Each configuration minus its reference on the same world and seed, in points, and the mean."
+    rows = ['| jitter | run | seed | ' + ' | '.join(LABELS[k] for k in keys) + ' |',
+            '|--:|---|---|' + '--:|' * len(keys)]
+    for j in sorted({r['setup']['jitter'] for r in records if r}):
+        for name, base in pairs.items():
+            of = lambda n: _scores(records, n, j, feature)
+            gs = paired_gains(of(name), of(base), keys)
+            rows += [f"| {j:g} | {name} | {g['seed']} | " + ' | '.join(f"{g[k]:+.1f}" for k in keys)
+                     + ' |'
+                     for g in gs]
+            if len(gs) > 1:
+                rows.append(f"| {j:g} | {name} | mean of {len(gs)} | "
+                            + ' | '.join(f"{np.mean([g[k] for g in gs]):+.1f}" for k in keys)
+                            + ' |')
+    return Md('\n'.join(rows))
+
 # %% ../nbs/12_experiments.ipynb #08e675bc
-def complexity_table(setups:dict, # row label → (HACNN keyword arguments, (H, W) input size)
+def complexity_table(setups:dict, # row label -> (HACNN keyword arguments, (H, W) input size)
                     ) -> Md:
     "Markdown table of parameters, FLOPs and depth per model, beside Table 8's HA-CNN."
-    s = "| model | input | params (M, no classifiers) | params (M, all) | FLOPs | depth |\n|---|--:|--:|--:|--:|--:|\n"
     p = PAPER['table8']
-    s += f"| HA-CNN, paper (Table 8) | 160×64 | {p['params (M)']} | | {p['FLOPs']:.2e} | {p['depth']} |\n"
+    s = ("| model | input | params (M, no classifiers) | params (M, all) | FLOPs | depth |\n"
+         "|---|--:|--:|--:|--:|--:|\n"
+         f"| HA-CNN, paper (Table 8) | 160×64 | {p['params (M)']} | | {p['FLOPs']:.2e} "
+         f"| {p['depth']} |\n")
     for label, (kw, size) in setups.items():
         c = model_complexity(HACNN(**kw), tuple(size))
-        s += f"| {label} | {size[0]}×{size[1]} | {c.params_no_cls / 1e6:.3f} | {c.params / 1e6:.3f} | {c.flops:.2e} | {c.depth} |\n"
+        s += (f"| {label} | {size[0]}×{size[1]} | {c.params_no_cls / 1e6:.3f} "
+              f"| {c.params / 1e6:.3f} "
+              f"| {c.flops:.2e} | {c.depth} |\n")
     return Md(s)
 
 # %% ../nbs/12_experiments.ipynb #60b6ca82
@@ -260,6 +429,6 @@ def paper_plan(base:Setup, # the setup of Tables 5–7 (its jitter is one level 
     "(name, seed, setup) triples: Tables 5–6 seed by seed, then the sweep."
     plan = [(n, s, base) for s in seeds for n in TABLE5 + ['w/o CAIL']]
     for j in sweep_jitters:
-        sj = Setup(**{**asdict(base), 'jitter': float(j)})
+        sj = base.vary(jitter=float(j))
         plan += [(n, s, sj) for s in sweep_seeds for n in sweep_configs if (n, s, sj) not in plan]
     return plan

@@ -21,7 +21,8 @@ def stripe_centres(T:int, # number of regions
     return torch.stack([torch.zeros(T), ty], dim=1)
 
 # %% ../nbs/03_hard_attention.ipynb #d20a2f90
-REGION_FRAC = (24 / 80, 28 / 32)  # (height, width) fractions of the sampled map: Sec. 4's 24×28 at 80×32, etc.
+# (height, width) fractions of the sampled map: Sec. 4's 24×28 at 80×32, etc.
+REGION_FRAC = (24 / 80, 28 / 32)
 
 def region_size(h:int, # height of the feature map regions are cut from
                 w:int, # its width
@@ -32,7 +33,7 @@ def region_size(h:int, # height of the feature map regions are cut from
 
 # %% ../nbs/03_hard_attention.ipynb #05acabde
 class HardAttention(nn.Module):
-    "Hard regional attention (Sec. 3.1 (II), Eq. 5, Fig. 3d): T translation-only boxes from the channel squeeze."
+    "Hard regional attention (Sec. 3.1 (II), Eq. 5, Fig. 3d): T translation-only boxes from Eq. 3."
     def __init__(self,
                  c:int,        # length of the channel-squeeze vector (Eq. 3), = channels of the map
                  T:int=4,      # number of regions (the paper's T = 4)
@@ -40,9 +41,9 @@ class HardAttention(nn.Module):
                 ):
         super().__init__()
         self.T = T
-        self.register_buffer('scale', torch.tensor([1.0, 1.0 / T]))   # (s_w, s_h): full width, 1/T height
-        self.register_buffer('centres', stripe_centres(T))           # (T, 2) initial (t_x, t_y)
-        self.fc = nn.Linear(c, 2 * T) if learn else None             # 2·T·c weights (+2T bias)
+        self.register_buffer('scale', torch.tensor([1.0, 1.0 / T]))  # (s_w, s_h) = (1, 1/T)
+        self.register_buffer('centres', stripe_centres(T))          # (T, 2) initial (t_x, t_y)
+        self.fc = nn.Linear(c, 2 * T) if learn else None            # 2·T·c weights (+2T bias)
         if learn:
             nn.init.zeros_(self.fc.weight)
             with torch.no_grad(): self.fc.bias.copy_(torch.atanh(self.centres.flatten()))
@@ -61,12 +62,13 @@ def matrices(self:HardAttention, theta:torch.Tensor, # (N, T, 2) translations
             ) -> torch.Tensor: # (N, T, 2, 3) affine matrices [[s_w, 0, t_x], [0, s_h, t_y]]
     "Eq. 5 in `affine_grid`'s (x=width, y=height) row order."
     N, T, _ = theta.shape
-    lin = (torch.eye(2, dtype=theta.dtype, device=theta.device) * self.scale).expand(N, T, 2, 2)  # diag(s_w, s_h)
+    eye = torch.eye(2, dtype=theta.dtype, device=theta.device)
+    lin = (eye * self.scale).expand(N, T, 2, 2)                 # diag(s_w, s_h)
     return torch.cat([lin, theta.unsqueeze(-1)], dim=-1)
 
 @patch
 def boxes(self:HardAttention, theta:torch.Tensor, # (N, T, 2) translations
-         ) -> torch.Tensor: # (N, T, 4) boxes (x0, y0, x1, y1) as fractions of the map; [0, 1] is inside
+         ) -> torch.Tensor: # (N, T, 4) (x0, y0, x1, y1) as fractions of the map; [0, 1] is inside
     "The regions as image-fraction boxes, for drawing (Fig. 6)."
     lo, hi = (theta - self.scale + 1) / 2, (theta + self.scale + 1) / 2
     return torch.cat([lo, hi], dim=-1)
@@ -81,7 +83,7 @@ def sample(self:HardAttention, x:torch.Tensor, # (N, C, H, W) map to cut regions
     N, C, H, W = x.shape
     rh, rw = size if size is not None else region_size(H, W)
     mats = self.matrices(theta).reshape(N * self.T, 2, 3)
-    grid = F.affine_grid(mats, [N * self.T, 1, rh, rw], align_corners=False)   # (N·T, rh, rw, 2) as (x, y)
-    grid = grid.view(N, self.T * rh, rw, 2)                                     # T grids stacked in height
+    grid = F.affine_grid(mats, [N * self.T, 1, rh, rw], align_corners=False)  # (N·T, rh, rw, 2)
+    grid = grid.view(N, self.T * rh, rw, 2)    # the T grids of (x, y) points stacked in height
     out = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
     return out.view(N, C, self.T, rh, rw).transpose(1, 2)

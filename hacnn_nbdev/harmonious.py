@@ -15,7 +15,7 @@ __all__ = ['HarmoniousAttention']
 
 # %% ../nbs/04_harmonious.ipynb #2aa13a34
 class HarmoniousAttention(nn.Module):
-    "The HA module (Sec. 3.1, Fig. 3): soft attention (Eq. 1–4) and hard attention (Eq. 5) from one input."
+    "The HA module (Sec. 3.1, Fig. 3): soft (Eq. 1–4) and hard (Eq. 5) attention from one input."
     def __init__(self,
                  c:int,        # channels of the input feature map X^l
                  T:int=4,      # number of hard-attention regions

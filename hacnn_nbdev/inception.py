@@ -15,12 +15,13 @@ __all__ = ['InceptionA', 'InceptionB']
 def _quarter(d:int, # the unit's output width
             ) -> int:
     "The width of one Inception stream: `d // 4`, refusing widths that do not split into four."
-    if d < 4 or d % 4: raise ValueError(f"Inception width must be a positive multiple of 4, got {d}")
+    if d < 4 or d % 4:
+        raise ValueError(f"Inception width must be a positive multiple of 4, got {d}")
     return d // 4
 
 # %% ../nbs/01_inception.ipynb #2f1fff76
 class InceptionA(nn.Module):
-    "Inception-A (Sec. 3, Fig. 2): four stride-1 streams of width `out_c/4`, concatenated to `out_c`."
+    "Inception-A (Sec. 3, Fig. 2): four stride-1 streams, `out_c/4` wide, concatenated to `out_c`."
     def __init__(self,
                  in_c:int,  # input channels
                  out_c:int, # output width d (a multiple of 4)
@@ -40,7 +41,7 @@ class InceptionA(nn.Module):
 
 # %% ../nbs/01_inception.ipynb #16ead048
 class InceptionB(nn.Module):
-    "Inception-B (Sec. 3, Fig. 2): three stride-2 streams (q, q, 2q with q = out_c/4), concatenated to `out_c`."
+    "Inception-B (Sec. 3, Fig. 2): three stride-2 streams (q, q, 2q; q = out_c/4), `out_c` in all."
     def __init__(self,
                  in_c:int,  # input channels
                  out_c:int, # output width d (a multiple of 4)

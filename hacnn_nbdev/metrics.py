@@ -4,89 +4,111 @@
 
 # %% ../nbs/08_metrics.ipynb #639e9b30
 from __future__ import annotations
-import math, numbers
+import numbers
+from dataclasses import dataclass
 from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-import matplotlib.pyplot as plt
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['FeatureSet', 'simulate_features', 'compute_distance', 'check_rank_inputs', 'RankResult', 'evaluate_rank_naive',
-           'PositiveRanks', 'query_groups', 'positive_ranks', 'metrics_from_ranks', 'evaluate_rank', 'random_case',
-           'single_shot_draw', 'evaluate_single_shot', 'pool_by_identity', 'evaluate_multi_query', 're_ranking',
-           'faiss_search', 'evaluate_topk', 'plot_cmc', 'pair_distances', 'plot_distance_distributions']
+           'PositiveRanks', 'query_groups', 'positive_ranks', 'metrics_from_ranks', 'evaluate_rank', 'score_features',
+           'random_case', 'single_shot_draw', 'evaluate_single_shot', 'pool_by_identity', 'evaluate_multi_query']
 
 # %% ../nbs/08_metrics.ipynb #6a34e69f
 class FeatureSet(NamedTuple):
     "Query and gallery features with their identity and camera labels."
-    q_feats: np.ndarray; q_pids: np.ndarray; q_camids: np.ndarray
-    g_feats: np.ndarray; g_pids: np.ndarray; g_camids: np.ndarray
+    q_feats: np.ndarray # (Q, D) float32
+    q_pids: np.ndarray # (Q,) int
+    q_camids: np.ndarray # (Q,) int
+    g_feats: np.ndarray # (G, D) float32
+    g_pids: np.ndarray # (G,) int: 0 distractor, -1 junk
+    g_camids: np.ndarray # (G,) int
 
 # %% ../nbs/08_metrics.ipynb #bb547746
 def _l2n(x): return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
-def simulate_features(n_ids:int=100, # identities in the test split (pids 1..n_ids)
-                      n_query:int|None=None, # queries; `None`: one per (identity, camera) pair it appears in
-                      n_gallery:int|None=None, # gallery size incl. distractors and junk; `None`: 4 images per pair
-                      n_cams:int=6, # cameras
-                      n_distractors:int=0, # gallery images with pid 0 (never a true match)
-                      n_junk:int=0, # gallery images with pid -1 (ignored by the protocol)
-                      dim:int=64, # feature dimension
-                      cam_shift:float=0.6, # size of each camera's shift, relative to the spread of identity centres
-                      noise:float=0.8, # per-image noise, same units
-                      seed:int=0, # random seed
-                     ) -> FeatureSet:
-    "Simulated L2-normalised re-id features: identity centre + camera shift + noise, with distractors and junk."
+def simulate_features(
+    n_ids:int=100, # identities in the test split (pids 1..n_ids)
+    n_query:int|None=None, # queries; `None`: one per (identity, camera) pair it appears in
+    n_gallery:int|None=None, # gallery size incl. distractors and junk; `None`: 4 images per pair
+    n_cams:int=6, # cameras
+    n_distractors:int=0, # gallery images with pid 0 (never a true match)
+    n_junk:int=0, # gallery images with pid -1 (ignored by the protocol)
+    dim:int=64, # feature dimension
+    cam_shift:float=0.6, # size of each camera's shift, relative to the spread of identity centres
+    noise:float=0.8, # per-image noise, same units
+    seed:int=0, # random seed
+) -> FeatureSet:
+    "Simulated L2-normalised re-id features: identity centre, camera shift, noise; extras."
     rng = np.random.default_rng(seed)
-    centres, shifts = rng.standard_normal((n_ids + 1, dim)), cam_shift * rng.standard_normal((n_cams, dim))
-    cams = [rng.permutation(n_cams)[:rng.integers(2, n_cams + 1)] for _ in range(n_ids)]  # each id seen by ≥ 2 cameras
+    centres = rng.standard_normal((n_ids + 1, dim))
+    shifts = cam_shift * rng.standard_normal((n_cams, dim))
+    # each identity is seen by 2 or more cameras
+    cams = [rng.permutation(n_cams)[:rng.integers(2, n_cams + 1)] for _ in range(n_ids)]
     pairs = np.array([(p + 1, c) for p in range(n_ids) for c in cams[p]])
-    qi = np.arange(len(pairs)) if n_query is None else rng.choice(len(pairs), n_query, replace=n_query > len(pairs))
-    n_reg = (4 * len(pairs) if n_gallery is None else n_gallery - n_distractors - n_junk)
+    if n_query is None: qi = np.arange(len(pairs))
+    else: qi = rng.choice(len(pairs), n_query, replace=n_query > len(pairs))
+    n_reg = 4 * len(pairs) if n_gallery is None else n_gallery - n_distractors - n_junk
     gi = np.r_[np.arange(len(pairs)), rng.integers(0, len(pairs), n_reg - len(pairs))][:n_reg]
-    def draw(pc): return centres[pc[:, 0]] + shifts[pc[:, 1]] + noise * rng.standard_normal((len(pc), dim))
+    def draw(pc):
+        return centres[pc[:, 0]] + shifts[pc[:, 1]] + noise * rng.standard_normal((len(pc), dim))
     q, g = pairs[qi], pairs[gi]
     extra = np.r_[np.zeros(n_distractors, int), -np.ones(n_junk, int)]
-    xc = rng.integers(0, n_cams, len(extra))  # distractors/junk: a random person each, seen by a random camera
+    xc = rng.integers(0, n_cams, len(extra))  # distractors, junk: a random person, a random camera
     xf = rng.standard_normal((len(extra), dim)) * 1.2 + shifts[xc]
-    f32 = lambda a: _l2n(a).astype(np.float32)
-    return FeatureSet(f32(draw(q)), q[:, 0], q[:, 1], f32(np.r_[draw(g), xf]), np.r_[g[:, 0], extra], np.r_[g[:, 1], xc])
+    def f32(a): return _l2n(a).astype(np.float32)
+    qf = f32(draw(q))  # queries drawn first, then the gallery: the seed fixes both
+    gf = f32(np.r_[draw(g), xf])
+    return FeatureSet(qf, q[:, 0], q[:, 1], gf, np.r_[g[:, 0], extra], np.r_[g[:, 1], xc])
 
 # %% ../nbs/08_metrics.ipynb #9d1905ea
-def _as_tensor(x): return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+def _as_tensor(x):
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 def _need_int(name:str, v, lo:int=1):
-    "Refuse `v` unless it is an integer >= `lo` (`TypeError` if it is no integer, `ValueError` if too small)."
+    "Refuse `v` unless an integer >= `lo`: `TypeError` if no integer, `ValueError` if smaller."
     if not _is_int(v): raise TypeError(f'{name} must be an integer >= {lo}, not {v!r}')
     if v < lo: raise ValueError(f'{name} must be an integer >= {lo}, not {v}')
 
 def _features(name:str, x) -> torch.Tensor:
-    "Features as a float32 tensor, on their device; complex, boolean and non-numeric values are refused."
+    "Features as a float32 tensor on their device; complex, boolean, non-numeric values refused."
     t = x if isinstance(x, torch.Tensor) else np.asarray(x)
     if isinstance(t, torch.Tensor): ok = not (t.is_complex() or t.dtype == torch.bool)
     else: ok = t.dtype.kind in 'iuf'
     if not ok: raise TypeError(f'{name} must hold real numbers, not {t.dtype} values')
     return _as_tensor(t).float()
 
-def compute_distance(qf, # (Q, D) query features, NumPy or torch, on any device
-                     gf, # (G, D) gallery features
-                     metric:str='euclidean', # 'euclidean' (the paper's L2) or 'cosine'
-                     chunk_size:int=2048, # queries per block; memory besides the output is ~chunk_size × G floats
-                    ) -> np.ndarray: # (Q, G) float32
+def _feature_pair(qf, gf, names=('qf', 'gf')) -> tuple:
+    "Two feature matrices as float32 tensors: 2-D, the same number D >= 1 of columns."
+    qf, gf = _features(names[0], qf), _features(names[1], gf)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1] or qf.shape[1] == 0:
+        raise ValueError(f"{names[0]} and {names[1]} must be (Q, D) and (G, D) with the same "
+                         f"D >= 1; got {tuple(qf.shape)} and {tuple(gf.shape)}")
+    return qf, gf
+
+# %% ../nbs/08_metrics.ipynb #076ea14d
+def compute_distance(
+    qf, # (Q, D) query features, NumPy or torch, on any device
+    gf, # (G, D) gallery features
+    metric:str='euclidean', # 'euclidean' (the paper's L2) or 'cosine'
+    chunk_size:int=2048, # queries per block; memory besides the output: ~chunk_size × G floats
+) -> np.ndarray: # (Q, G) float32
     "Dense query × gallery distance matrix, computed block by block."
     _need_int('chunk_size', chunk_size)
-    qf, gf = _features('qf', qf), _features('gf', gf)
-    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"features must be (Q, D) and (G, D) with the same D; got {tuple(qf.shape)} and {tuple(gf.shape)}")
-    if metric not in ('euclidean', 'cosine'): raise ValueError(f"metric must be 'euclidean' or 'cosine', not {metric!r}")
+    qf, gf = _feature_pair(qf, gf)
+    if metric not in ('euclidean', 'cosine'):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', not {metric!r}")
     if metric == 'cosine': qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
     g2, out = (gf * gf).sum(1), np.empty((len(qf), len(gf)), np.float32)
     for s in range(0, len(qf), chunk_size):
         q = qf[s:s + chunk_size].to(gf.device)
-        if metric == 'cosine': d = (q @ gf.T).neg_().add_(1)  # 1 - cos, in place: one (chunk, G) block
-        else: d = ((q * q).sum(1, keepdim=True) + g2).addmm_(q, gf.T, alpha=-2).clamp_min_(0).sqrt_()  # ‖q‖² + ‖g‖² − 2 q·g
+        if metric == 'cosine': d = (q @ gf.T).neg_().add_(1)  # 1 - cos, in place: one block
+        else:  # ‖q‖² + ‖g‖² − 2 q·g, clamped at 0 against rounding
+            d = ((q * q).sum(1, keepdim=True) + g2).addmm_(q, gf.T, alpha=-2).clamp_min_(0).sqrt_()
         out[s:s + len(q)] = d.cpu().numpy()
     return out
 
@@ -103,90 +125,132 @@ def _label_vector(name:str, x) -> np.ndarray:
     if a.dtype.kind == 'f':
         bad = ~np.isfinite(a) | (a != np.round(a)) | (np.abs(a) >= 2.0 ** 63)
         if bad.any():
-            raise ValueError(f'{name} must hold integers (3.0 is accepted), not {float(a[bad].flat[0])}')
-    elif a.dtype.kind not in 'iu': raise TypeError(f'{name} must hold integers, not {a.dtype} values')
+            v = float(a[bad].flat[0])
+            raise ValueError(f'{name} must hold integers (3.0 is accepted), not {v}')
+    elif a.dtype.kind not in 'iu':
+        raise TypeError(f'{name} must hold integers, not {a.dtype} values')
     return a.astype(np.int64).ravel()
 
-def _distances(distmat, Q:int, G:int) -> np.ndarray:
-    "`distmat` as a float (Q, G) NumPy matrix without NaN; integers are converted to float64."
+_EXACT = 2 ** 53  # integers up to this size are exact in float64
+
+def _distances(distmat, Q:int, G:int, scan_nan:bool=True) -> np.ndarray:
+    "`distmat` as a float (Q, G) NumPy matrix without NaN: integers as float64, float16 as float32."
     d = _numpy(distmat)
-    if d.dtype.kind == 'c': raise TypeError(f'distmat must hold real numbers, not complex ones ({d.dtype})')
-    if d.dtype.kind in 'iu': d = d.astype(np.float64)  # exact up to 2**53
-    elif d.dtype.kind != 'f':
+    if d.dtype.kind == 'c':
+        raise TypeError(f'distmat must hold real numbers, not complex ones ({d.dtype})')
+    if d.dtype.kind not in 'iuf':
         raise TypeError(f'distmat must hold real numbers (float or int), not {d.dtype} values')
     if d.ndim != 2 or d.shape != (Q, G):
         raise ValueError(f"distmat {d.shape} must be (len(q_pids), len(g_pids)) = ({Q}, {G})")
-    if np.isnan(d.max(initial=0)):  # one pass, no copy: NaN propagates through max
+    if d.dtype.kind in 'iu':
+        if d.size and max(-int(d.min()), int(d.max())) > _EXACT:
+            raise ValueError('distmat holds integers beyond ±2**53: float64 cannot tell them apart')
+        return d.astype(np.float64)
+    if d.dtype == np.float16: d = d.astype(np.float32)
+    if scan_nan and np.isnan(d.max(initial=0)):  # one pass, no copy: NaN propagates through max
         raise ValueError("distmat contains NaN; distances must be numbers (inf is allowed)")
     return d
 
 # %% ../nbs/08_metrics.ipynb #c0a1b2c1
-def check_rank_inputs(distmat, # (Q, G) distances, NumPy or torch; None: check the labels only
-                      q_pids, # (Q,) query identities
-                      g_pids, # (G,) gallery identities
-                      q_camids, # (Q,) query cameras
-                      g_camids, # (G,) gallery cameras
-                      max_rank:int=50, # length of the CMC curve
-                      ap_mode:str='standard', # 'standard' or 'trapezoid'
-                     ) -> tuple: # (distmat: float NumPy or None, then the four labels: int64 NumPy)
-    "The evaluators' input contract: every argument checked, the first one at fault named; NumPy out."
+def check_rank_inputs(
+    distmat, # (Q, G) distances, NumPy or torch; None: check the labels only
+    q_pids, # (Q,) query identities
+    g_pids, # (G,) gallery identities
+    q_camids, # (Q,) query cameras
+    g_camids, # (G,) gallery cameras
+    max_rank:int=50, # length of the CMC curve
+    ap_mode:str='standard', # 'standard' or 'trapezoid'
+    scan_nan:bool=True, # False: the caller finds NaN in the rows it reads (`evaluate_rank` does)
+) -> tuple: # (distmat: float NumPy or None, then the four labels: int64 NumPy)
+    "The evaluators' input contract: every argument checked, the first at fault named; NumPy out."
     _need_int('max_rank', max_rank)
     if ap_mode not in ('standard', 'trapezoid'):
         raise ValueError(f"ap_mode must be 'standard' or 'trapezoid', not {ap_mode!r}")
     names = ('q_pids', 'g_pids', 'q_camids', 'g_camids')
-    qp, gp, qc, gc = (_label_vector(n, x) for n, x in zip(names, (q_pids, g_pids, q_camids, g_camids)))
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    qp, gp, qc, gc = (_label_vector(n, x) for n, x in zip(names, labels))
     if len(qc) != len(qp) or len(gc) != len(gp):
-        raise ValueError(f"q_camids ({len(qc)}) and g_camids ({len(gc)}) must match q_pids ({len(qp)}) "
-                         f"and g_pids ({len(gp)})")
+        raise ValueError(f"q_camids ({len(qc)}) and g_camids ({len(gc)}) must match "
+                         f"q_pids ({len(qp)}) and g_pids ({len(gp)})")
     for n, a, what in (('q_pids', qp, 'query'), ('g_pids', gp, 'gallery image')):
         if len(a) == 0: raise ValueError(f'{n} is empty: an evaluation needs at least one {what}')
-    return (None if distmat is None else _distances(distmat, len(qp), len(gp))), qp, gp, qc, gc
+    d = None if distmat is None else _distances(distmat, len(qp), len(gp), scan_nan)
+    return d, qp, gp, qc, gc
 
 # %% ../nbs/08_metrics.ipynb #6abf7922
-class RankResult(NamedTuple):
-    "The Sec. 4 measures: CMC curve (rank 1..max_rank), mAP, mINP, and how many queries were evaluated."
+@dataclass(eq=False, repr=False)
+class RankResult:
+    "One evaluation's measures (Sec. 4) as fractions, with the query counts and every query's AP."
     cmc: np.ndarray # (max_rank,) fraction of evaluated queries with a true match within the top k
-    mAP: float
-    mINP: float
-    num_valid: int # queries evaluated (the others had no valid true match and were skipped)
+    mAP: float # mean average precision over the evaluated queries
+    mINP: float # mean inverse negative penalty over the evaluated queries
+    num_valid: int # queries evaluated
+    num_skipped: int = 0 # queries skipped: no valid true match in the gallery
+    ap: np.ndarray|None = None # (Q,) each query's average precision, NaN where skipped
+
+    def __post_init__(self):
+        self.cmc = np.asarray(self.cmc, np.float64)
+        self.mAP, self.mINP = float(self.mAP), float(self.mINP)
+        self.num_valid, self.num_skipped = int(self.num_valid), int(self.num_skipped)
+
+    def __iter__(self):
+        "The contract's four values: `cmc, mAP, mINP, num_valid = result`."
+        return iter((self.cmc, self.mAP, self.mINP, self.num_valid))
 
 # %% ../nbs/08_metrics.ipynb #79a907a2
-class _Rank(RankResult):
-    "A `RankResult` carrying `num_skipped`, per-query `ap` (NaN for skipped queries) and `summary()`."
-    num_skipped, ap = 0, None
-    def __new__(cls, cmc, mAP, mINP, num_valid, num_skipped=0, ap=None):
-        self = super().__new__(cls, cmc, float(mAP), float(mINP), int(num_valid))
-        self.num_skipped, self.ap = int(num_skipped), ap
-        return self
-    def summary(self, ranks=(1, 5, 10)) -> dict:
-        "R-k, mAP and mINP in %, and the query counts."
-        r = {f'R{k}': 100 * float(self.cmc[k - 1]) for k in ranks if k <= len(self.cmc)}
-        return {**r, 'mAP': 100 * self.mAP, 'mINP': 100 * self.mINP, 'num_valid': self.num_valid, 'num_skipped': self.num_skipped}
-    def __repr__(self):
-        return ('RankResult(' + ', '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}'
-                                         for k, v in self.summary().items()) + ')')
+@patch
+def scores(self:RankResult,
+           ranks=(1, 5, 10), # the k of the rank-k matching rates
+          ) -> dict:
+    "Rank-k matching rates (k <= len(cmc)), mAP and mINP as fractions, and the query counts."
+    for k in ranks: _need_int('ranks', k)
+    r = {f'rank{k}': float(self.cmc[k - 1]) for k in ranks if k <= len(self.cmc)}
+    return {**r, 'mAP': self.mAP, 'mINP': self.mINP,
+            'num_valid': self.num_valid, 'num_skipped': self.num_skipped}
+
+@patch
+def percent(self:RankResult,
+            ranks=(1, 5, 10), # the k of the rank-k matching rates
+           ) -> dict:
+    "`scores` in percent, the query counts unchanged: for tables and printing."
+    return {k: 100 * v if isinstance(v, float) else v for k, v in self.scores(ranks).items()}
+
+@patch
+def summary(self:RankResult,
+            ranks=(1, 5, 10), # the k of the rank-k matching rates
+           ) -> dict:
+    "`percent` under the column names of Tables 2–4: R1, R5, R10, mAP, mINP, and the query counts."
+    return {k.replace('rank', 'R'): v for k, v in self.percent(ranks).items()}
+
+@patch
+def __repr__(self:RankResult) -> str:
+    p = (f'{k}={v:.2f}%' if isinstance(v, float) else f'{k}={v}' for k, v in self.percent().items())
+    return f"{type(self).__name__}({', '.join(p)})"
 
 # %% ../nbs/08_metrics.ipynb #1eb293c9
 def _ap_naive(match, ap_mode):
     "AP of one ranked 0/1 match vector, from the definition."
-    hits = np.cumsum(match); pos = np.flatnonzero(match)
+    hits, pos = np.cumsum(match), np.flatnonzero(match)
     prec = hits[pos] / (pos + 1)  # precision at each true match
     if ap_mode == 'standard': return prec.mean()
-    if ap_mode != 'trapezoid': raise ValueError(f"ap_mode must be 'standard' or 'trapezoid', not {ap_mode!r}")
-    before = np.where(pos > 0, (hits[pos] - 1) / np.maximum(pos, 1), 1.0)  # precision one rank earlier
+    if ap_mode != 'trapezoid':
+        raise ValueError(f"ap_mode must be 'standard' or 'trapezoid', not {ap_mode!r}")
+    before = np.where(pos > 0, (hits[pos] - 1) / np.maximum(pos, 1), 1.0)  # one rank earlier
     return ((before + prec) / 2).mean()
 
-def evaluate_rank_naive(distmat, # (Q, G) distances
-                        q_pids, # (Q,) query identities
-                        g_pids, # (G,) gallery identities (0: distractor, -1: junk)
-                        q_camids, # (Q,) query cameras
-                        g_camids, # (G,) gallery cameras
-                        max_rank:int=50, # length of the CMC curve
-                        ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
-                       ) -> RankResult:
-    "Reference evaluator: one query at a time, a full stable sort of its valid gallery. Slow, obviously right."
-    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode)
-    cmc, aps, inps = np.zeros(max_rank), [], []
+def evaluate_rank_naive(
+    distmat, # (Q, G) distances
+    q_pids, # (Q,) query identities
+    g_pids, # (G,) gallery identities (0: distractor, -1: junk)
+    q_camids, # (Q,) query cameras
+    g_camids, # (G,) gallery cameras
+    max_rank:int=50, # length of the CMC curve
+    ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
+) -> RankResult:
+    "Reference evaluator: a query at a time, a stable sort of its valid gallery. Slow, plain."
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    d, qp, gp, qc, gc = check_rank_inputs(distmat, *labels, max_rank, ap_mode)
+    cmc, ap, inps = np.zeros(max_rank), np.full(len(qp), np.nan), []
     for i in range(len(qp)):
         idx = np.flatnonzero((gp != -1) & ~((gp == qp[i]) & (gc == qc[i])))  # the valid gallery
         idx = idx[np.argsort(d[i, idx], kind='stable')]  # tie rule: lower gallery index first
@@ -194,153 +258,170 @@ def evaluate_rank_naive(distmat, # (Q, G) distances
         if not match.any(): continue  # no valid true match: skipped
         hits = np.cumsum(match)[:max_rank]
         cmc += np.pad(hits > 0, (0, max_rank - len(hits)), mode='edge')
-        aps.append(_ap_naive(match, ap_mode)); inps.append(match.sum() / (np.flatnonzero(match)[-1] + 1))
-    n = len(aps)
-    if n == 0: raise ValueError(f"no query has a valid true match in the gallery (all {len(qp)} skipped)")
-    return _Rank(cmc / n, np.mean(aps), np.mean(inps), n, len(qp) - n)
+        ap[i] = _ap_naive(match, ap_mode)
+        inps.append(match.sum() / (np.flatnonzero(match)[-1] + 1))
+    n = len(inps)
+    if n == 0:
+        raise ValueError(f"no query has a valid true match in the gallery (all {len(qp)} skipped)")
+    return RankResult(cmc / n, np.nanmean(ap), np.mean(inps), n, len(qp) - n, ap)
 
 # %% ../nbs/08_metrics.ipynb #b52b3345
 class PositiveRanks(NamedTuple):
-    "0-based ranks of each query's true matches among its valid gallery, flat, with offsets (query i: `ranks[offsets[i]:offsets[i+1]]`)."
-    ranks: np.ndarray # (M,) int64, ascending within each query
+    "0-based ranks of every query's true matches among its valid gallery, flat, with offsets."
+    ranks: np.ndarray # (M,) int64, ascending per query; query i: ranks[offsets[i]:offsets[i+1]]
     offsets: np.ndarray # (Q+1,) int64
 
 # %% ../nbs/08_metrics.ipynb #9d9ed578
 def _ranges(start, n):
     "Concatenation of the integer ranges [start[i], start[i]+n[i])."
     n = np.asarray(n, np.int64)
-    return np.repeat(np.asarray(start, np.int64) - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))
+    first = np.asarray(start, np.int64) - np.r_[0, np.cumsum(n)[:-1]]
+    return np.repeat(first, n) + np.arange(int(n.sum()))
 
-def query_groups(q_pids, # (Q,) query identities (NumPy int)
-                 q_camids, # (Q,) query cameras
-                 g_pids, # (G,) gallery identities
-                 g_camids, # (G,) gallery cameras
-                ) -> tuple: # ((true-match cols, offsets), (same-camera junk cols, offsets)); cols ascending per query
-    "For every query, the gallery images of its identity: other cameras (true matches) and its own camera (junk)."
-    order = np.argsort(g_pids, kind='stable'); sp = g_pids[order]
+def query_groups(
+    q_pids, # (Q,) query identities (NumPy int)
+    q_camids, # (Q,) query cameras
+    g_pids, # (G,) gallery identities
+    g_camids, # (G,) gallery cameras
+) -> tuple: # ((true-match cols, offsets), (same-camera cols, offsets)); cols ascending per query
+    "For every query, the gallery images of its identity: other cameras (true matches), its own."
+    order = np.argsort(g_pids, kind='stable')
+    sp = g_pids[order]
     lo, hi = np.searchsorted(sp, q_pids, 'left'), np.searchsorted(sp, q_pids, 'right')
     n = np.where(q_pids == -1, 0, hi - lo)
     qrow, cols = np.repeat(np.arange(len(q_pids)), n), order[_ranges(lo, n)]
     own = g_camids[cols] == q_camids[qrow]
-    split = lambda m: (cols[m], np.r_[0, np.cumsum(np.bincount(qrow[m], minlength=len(q_pids)))])
+    def split(m): return cols[m], np.r_[0, np.cumsum(np.bincount(qrow[m], minlength=len(q_pids)))]
     return split(~own), split(own)
 
 # %% ../nbs/08_metrics.ipynb #7b67a08e
-def _dense_ranks(row, srow, pos, junk, valid_fn):
-    "Ranks of the true matches `pos` in one row, given its sorted values `srow`: count, subtract junk, break ties."
-    t = row[pos]
-    less = np.searchsorted(srow, t, 'left')  # everything strictly closer than each true match
-    shared = np.searchsorted(srow, t, 'right') - less > 1  # another image has exactly this distance (rare)
-    if len(junk): less -= np.searchsorted(np.sort(row[junk]), t, 'left')  # junk is never counted
-    for k in np.flatnonzero(shared):  # ties: only valid images with a lower gallery index come first
-        c = np.flatnonzero(row == t[k]); less[k] += int(valid_fn(c[c < pos[k]]).sum())
-    return np.sort(less).astype(np.int64)
+_NAN = "distmat contains NaN; distances must be numbers (inf is allowed)"
 
-# %% ../nbs/08_metrics.ipynb #0744a55c
-def _sparse_ranks(thr, tcol, vals, vcol):
-    "Ranks of true matches (distances `thr`, cols `tcol`, sorted) given the wrong matches `vals`/`vcol` ≤ max(thr)."
-    sv = np.sort(vals)
-    lo, hi = np.searchsorted(sv, thr, 'left'), np.searchsorted(sv, thr, 'right')
-    for k in np.flatnonzero(hi > lo): lo[k] += np.count_nonzero(vcol[vals == thr[k]] < tcol[k])  # ties
-    return np.arange(len(thr)) + lo
+def _row_counts(row, t, invalid, dense_frac:float, buf) -> tuple:
+    "(lt, le): valid images of `row` closer than, no farther than each true-match distance in `t`."
+    tmax, G = t.max(), len(row)
+    if np.count_nonzero(row[::64] <= tmax) * 64 > dense_frac * G:  # most of the row: sort all of it
+        np.copyto(buf, row)
+        buf[invalid] = np.nan  # NaN sorts last: never counted
+        buf.sort()
+        if np.isnan(buf[G - 1 - len(invalid)]): raise ValueError(_NAN)  # one more NaN than we put
+        s = buf
+    else:  # a few candidates: extract them
+        if np.isnan(row.max()): raise ValueError(_NAN)
+        mask = row <= tmax
+        mask[invalid] = False
+        s = np.compress(mask, row)
+        s.sort()
+    return s.searchsorted(t, 'left'), s.searchsorted(t, 'right')
 
 # %% ../nbs/08_metrics.ipynb #38d8435f
-def _positive_ranks(d, qp, gp, qc, gc, chunk_size=256, dense_frac=0.25) -> PositiveRanks:
-    "`positive_ranks` of inputs already checked (`check_rank_inputs`)."
-    (pos, po), (junk, jo) = query_groups(qp, qc, gp, gc)
-    junk_all, Q, G = np.flatnonzero(gp == -1), len(qp), len(gp)
-    ranks, buf = [np.zeros(0, np.int64)] * Q, np.empty((min(chunk_size, Q), G), bool)
-    for s in range(0, Q, chunk_size):
-        e = min(s + chunk_size, Q); blk = d[s:e]
-        thr, tcol, tmax = _block_thresholds(blk, pos, po, s, e)
-        has = np.diff(po[s:e + 1]) > 0
-        step = max(1, G // 1024)  # estimate each query's candidate count from every step-th column: choose the path
-        dense = has & (np.count_nonzero(blk[:, ::step] <= tmax[:, None], axis=1) * step > dense_frac * G)
-        for li in np.flatnonzero(dense):  # dense path: sort the values of the row (one row at a time: cache-friendly)
-            i = s + li; valid = lambda c: (gp[c] != -1) & ~((gp[c] == qp[i]) & (gc[c] == qc[i]))
-            ranks[i] = _dense_ranks(d[i], np.sort(d[i]), tcol[po[i] - po[s]:po[i + 1] - po[s]], np.concatenate([junk[jo[i]:jo[i + 1]], junk_all]), valid)
-        tmax[dense] = -np.inf  # sparse path for the others: candidates are the images no farther than the farthest true match
-        flat = np.flatnonzero(np.less_equal(blk, tmax[:, None], out=buf[:e - s])) if not dense[has].all() else np.zeros(0, np.int64)
-        r = flat // G
-        light = np.flatnonzero(has & ~dense)
-        for li, (vals, vcol) in zip(light, _block_candidates(blk, r, flat - r * G, light, s, qp, gp)):
-            a, b = po[s + li] - po[s], po[s + li + 1] - po[s]
-            ranks[s + li] = _sparse_ranks(thr[a:b], tcol[a:b], vals, vcol)
-    return PositiveRanks(np.concatenate(ranks).astype(np.int64), np.r_[0, np.cumsum([len(r) for r in ranks])])
+def _positive_ranks(d, qp, gp, qc, gc, dense_frac:float=0.5) -> PositiveRanks:
+    "`positive_ranks` of checked inputs (`check_rank_inputs`); NaN is found here, in the rows read."
+    (pos, po), (own, oo) = query_groups(qp, qc, gp, gc)
+    junk = np.flatnonzero(gp == -1)
+    lt, le = np.empty(len(pos), np.int64), np.empty(len(pos), np.int64)
+    has, buf = np.diff(po) > 0, np.empty(d.shape[1], d.dtype)
+    for i in np.flatnonzero(has):
+        a, b = po[i], po[i + 1]
+        invalid = np.r_[own[oo[i]:oo[i + 1]], junk] if len(junk) else own[oo[i]:oo[i + 1]]
+        lt[a:b], le[a:b] = _row_counts(d[i], d[i, pos[a:b]], invalid, dense_frac, buf)
+    orow = np.repeat(np.arange(len(qp)), np.diff(oo))
+    unread = (d[~has].max(initial=0), d[orow, own].max(initial=0), d[:, junk].max(initial=0))
+    if np.isnan(unread).any(): raise ValueError(_NAN)  # the values the loop did not read
+    qrow = np.repeat(np.arange(len(qp)), np.diff(po))
+    for k in np.flatnonzero(le - lt > 1):  # another image at exactly this distance: the tie rule
+        i, c = qrow[k], pos[k]
+        cols = np.flatnonzero(d[i] == d[i, c])
+        cols = cols[cols < c]
+        lt[k] += np.count_nonzero((gp[cols] != -1) & ~((gp[cols] == qp[i]) & (gc[cols] == qc[i])))
+    key = qrow * d.shape[1] + lt  # each query's ranks in ascending order
+    return PositiveRanks(np.sort(key) - qrow * d.shape[1], po.astype(np.int64))
 
 # %% ../nbs/08_metrics.ipynb #c0a1b2c3
-def positive_ranks(distmat, # (Q, G) distances (see `check_rank_inputs`)
-                   q_pids, # (Q,) query identities
-                   g_pids, # (G,) gallery identities (0: distractor, -1: junk)
-                   q_camids, # (Q,) query cameras
-                   g_camids, # (G,) gallery cameras
-                   chunk_size:int=256, # queries per block
-                   dense_frac:float=0.25, # a query with more candidates than this fraction of G: dense path
-                  ) -> PositiveRanks:
-    "Ranks of every query's true matches among its valid gallery, by counting instead of sorting the gallery."
-    _need_int('chunk_size', chunk_size)
-    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
-    return _positive_ranks(d, qp, gp, qc, gc, chunk_size, dense_frac)
-
-# %% ../nbs/08_metrics.ipynb #000791a5
-def _block_thresholds(blk, pos, po, s, e):
-    "True-match distances and cols of queries s..e sorted by (query, distance, index); farthest per query (-inf: none)."
-    n = np.diff(po[s:e + 1]); prow = np.repeat(np.arange(e - s), n); tcol = pos[po[s]:po[e]]
-    thr = blk[prow, tcol]
-    o = np.lexsort((tcol, thr, prow)); thr, tcol = thr[o], tcol[o]
-    tmax = np.full(e - s, -np.inf, dtype=blk.dtype); tmax[n > 0] = thr[np.cumsum(n)[n > 0] - 1]
-    return thr, tcol, tmax
-
-def _block_candidates(blk, r, c, light, s, qp, gp):
-    "Yield (values, cols) of the wrong-match candidates (rows r, cols c) of each light query (junk and own identity removed)."
-    is_light = np.zeros(len(blk), bool); is_light[light] = True
-    gpc = gp[c]; keep = is_light[r] & (gpc != qp[s + r]) & (gpc != -1)
-    r, c = r[keep], c[keep]; v = blk[r, c]
-    lo, hi = np.searchsorted(r, light, 'left'), np.searchsorted(r, light, 'right')
-    for a, b in zip(lo, hi): yield v[a:b], c[a:b]
+def positive_ranks(
+    distmat, # (Q, G) distances (see `check_rank_inputs`)
+    q_pids, # (Q,) query identities
+    g_pids, # (G,) gallery identities (0: distractor, -1: junk)
+    q_camids, # (Q,) query cameras
+    g_camids, # (G,) gallery cameras
+    dense_frac:float=0.5, # a query with more candidates than this fraction of G sorts its whole row
+) -> PositiveRanks:
+    "Ranks of every query's true matches among its valid gallery, counted, not sorted."
+    if not isinstance(dense_frac, numbers.Real) or isinstance(dense_frac, bool):
+        raise TypeError(f'dense_frac must be a real number, not {dense_frac!r}')
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    d, qp, gp, qc, gc = check_rank_inputs(distmat, *labels, scan_nan=False)
+    return _positive_ranks(d, qp, gp, qc, gc, dense_frac)
 
 # %% ../nbs/08_metrics.ipynb #d350af85
-def metrics_from_ranks(pr:PositiveRanks, # from `positive_ranks`
-                       max_rank:int=50, # length of the CMC curve
-                       ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
-                      ) -> RankResult:
+def metrics_from_ranks(
+    pr:PositiveRanks, # from `positive_ranks`
+    max_rank:int=50, # length of the CMC curve
+    ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
+) -> RankResult:
     "CMC, mAP and mINP from the ranks of the true matches (vectorised over all queries)."
     _need_int('max_rank', max_rank)
-    if ap_mode not in ('standard', 'trapezoid'): raise ValueError(f"ap_mode must be 'standard' or 'trapezoid', not {ap_mode!r}")
-    n = np.diff(pr.offsets); ok = n > 0; nv = int(ok.sum())
-    if nv == 0: raise ValueError(f"no query has a valid true match in the gallery (all {len(n)} skipped)")
-    r = pr.ranks.astype(np.float64); k = np.arange(len(r)) - np.repeat(pr.offsets[:-1], n)  # k-th match of its query
+    if ap_mode not in ('standard', 'trapezoid'):
+        raise ValueError(f"ap_mode must be 'standard' or 'trapezoid', not {ap_mode!r}")
+    n = np.diff(pr.offsets)
+    ok = n > 0
+    nv = int(ok.sum())
+    if nv == 0:
+        raise ValueError(f"no query has a valid true match in the gallery (all {len(n)} skipped)")
+    r = pr.ranks.astype(np.float64)
+    k = np.arange(len(r)) - np.repeat(pr.offsets[:-1], n)  # the k-th true match of its query
     prec = (k + 1) / (r + 1)
     if ap_mode == 'trapezoid': prec = (prec + np.where(r > 0, k / np.maximum(r, 1), 1.0)) / 2
-    ap = np.full(len(n), np.nan); ap[ok] = np.add.reduceat(prec, pr.offsets[:-1][ok]) / n[ok]
+    ap = np.full(len(n), np.nan)
+    ap[ok] = np.add.reduceat(prec, pr.offsets[:-1][ok]) / n[ok]
     first, last = pr.ranks[pr.offsets[:-1][ok]], pr.ranks[pr.offsets[1:][ok] - 1]
     cmc = np.cumsum(np.bincount(first[first < max_rank], minlength=max_rank)) / nv
-    return _Rank(cmc, ap[ok].mean(), (n[ok] / (last + 1)).mean(), nv, len(n) - nv, ap)
+    return RankResult(cmc, ap[ok].mean(), (n[ok] / (last + 1)).mean(), nv, len(n) - nv, ap)
 
 # %% ../nbs/08_metrics.ipynb #3d5178cd
-def evaluate_rank(distmat, # (Q, G) query × gallery distances (NumPy or torch)
-                  q_pids, # (Q,) query identities
-                  g_pids, # (G,) gallery identities (0: distractor, -1: junk)
-                  q_camids, # (Q,) query cameras
-                  g_camids, # (G,) gallery cameras
-                  max_rank:int=50, # length of the CMC curve
-                  ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
-                 ) -> RankResult:
-    "CMC, mAP, mINP under the Market-1501/DukeMTMC-reID protocol (also CUHK03 767/700), without a full argsort."
-    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode)
+def evaluate_rank(
+    distmat, # (Q, G) query × gallery distances (NumPy or torch)
+    q_pids, # (Q,) query identities
+    g_pids, # (G,) gallery identities (0: distractor, -1: junk)
+    q_camids, # (Q,) query cameras
+    g_camids, # (G,) gallery cameras
+    max_rank:int=50, # length of the CMC curve
+    ap_mode:str='standard', # 'standard' or 'trapezoid' (Market-1501 devkit)
+) -> RankResult:
+    "CMC, mAP, mINP under the Market-1501/DukeMTMC-reID protocol (also CUHK03 767/700), no argsort."
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    d, qp, gp, qc, gc = check_rank_inputs(distmat, *labels, max_rank, ap_mode, scan_nan=False)
     return metrics_from_ranks(_positive_ranks(d, qp, gp, qc, gc), max_rank, ap_mode)
+
+# %% ../nbs/08_metrics.ipynb #f3c813dc
+def score_features(
+    qf, # (Q, D) query features, NumPy or torch, on any device
+    gf, # (G, D) gallery features
+    q_pids, # (Q,) query identities
+    g_pids, # (G,) gallery identities (0: distractor, -1: junk)
+    q_camids, # (Q,) query cameras
+    g_camids, # (G,) gallery cameras
+    max_rank:int=50, # length of the CMC curve
+) -> RankResult:
+    "Features → Euclidean distances (`compute_distance`) → ranks → one `RankResult`."
+    _, qp, gp, qc, gc = check_rank_inputs(None, q_pids, g_pids, q_camids, g_camids, max_rank)
+    qf, gf = _feature_pair(qf, gf)
+    if len(qf) != len(qp) or len(gf) != len(gp):
+        raise ValueError(f"qf ({len(qf)} rows) and gf ({len(gf)} rows) must match "
+                         f"q_pids ({len(qp)}) and g_pids ({len(gp)})")
+    return metrics_from_ranks(_positive_ranks(compute_distance(qf, gf), qp, gp, qc, gc), max_rank)
 
 # %% ../nbs/08_metrics.ipynb #8330f90d
 def random_case(seed:int, # the case's seed
                ) -> tuple: # (distmat, q_pids, g_pids, q_camids, g_camids)
-    "A small random evaluation case with ties, skipped queries, distractors, junk and one-camera galleries."
+    "A small random case: ties, skipped queries, distractors, junk, one-camera galleries, inf."
     rng = np.random.default_rng(seed)
     Q, G, P, C = rng.integers(1, 30), rng.integers(1, 80), rng.integers(1, 12), rng.integers(1, 5)
     qp, gp = rng.integers(1, P + 2, Q), rng.integers(-1, P + 1, G)  # pid P+1 never in the gallery
     qc, gc = rng.integers(0, C, Q), rng.integers(0, C, G)
     if rng.random() < 0.2: gc[:] = 0  # single-camera gallery
     d = rng.random((Q, G))
-    if rng.random() < 0.5: d = np.round(d * rng.integers(1, 6)) # heavy ties
+    if rng.random() < 0.5: d = np.round(d * rng.integers(1, 6))  # heavy ties
     if rng.random() < 0.2: d[rng.random((Q, G)) < 0.1] = np.inf
     if rng.random() < 0.5: d = d.astype(np.float32)
     qp[0], gp[0], qc[0], gc[0] = 1, 1, 0, 1 % C + (C == 1)  # at least one query with a valid match
@@ -348,271 +429,118 @@ def random_case(seed:int, # the case's seed
 
 # %% ../nbs/08_metrics.ipynb #5877600e
 def _pid_groups(g_pids):
-    "Gallery indices grouped by pid: (order, {pid: (start, end)}) with `order[start:end]` the pid's images."
+    "Gallery indices grouped by pid: (order, {pid: (start, end)}); `order[start:end]`: its images."
     order = np.argsort(g_pids, kind='stable')
     u, start = np.unique(g_pids[order], return_index=True)
     return order, dict(zip(u.tolist(), zip(start.tolist(), np.r_[start[1:], len(order)].tolist())))
 
-def single_shot_draw(q_pids, # (Q,) query identities (NumPy)
-                     g_pids, # (G,) gallery identities
-                     q_camids, # (Q,) query cameras
-                     g_camids, # (G,) gallery cameras
-                     rng:np.random.Generator, # random generator
-                    ) -> np.ndarray: # (Q, P) gallery index drawn per query and gallery identity; -1: none valid
+def single_shot_draw(
+    q_pids, # (Q,) query identities (NumPy)
+    g_pids, # (G,) gallery identities
+    q_camids, # (Q,) query cameras
+    g_camids, # (G,) gallery cameras
+    rng:np.random.Generator, # random generator
+) -> np.ndarray: # (Q, P) gallery index drawn per query and gallery identity; -1: none valid
     "One random valid gallery image per (query, gallery identity), pid -1 excluded."
     order, groups = _pid_groups(g_pids)
     pids = [p for p in groups if p != -1]
-    start, size = np.array([groups[p][0] for p in pids]), np.array([groups[p][1] - groups[p][0] for p in pids])
+    start = np.array([groups[p][0] for p in pids])
+    size = np.array([groups[p][1] - groups[p][0] for p in pids])
     pick = order[start + (rng.random((len(q_pids), len(pids))) * size).astype(np.int64)]  # (Q, P)
     for i, p in enumerate(q_pids):  # own identity: only other cameras are valid
         if p not in groups or p == -1: continue
-        cand = order[groups[p][0]:groups[p][1]]; cand = cand[g_camids[cand] != q_camids[i]]
+        cand = order[groups[p][0]:groups[p][1]]
+        cand = cand[g_camids[cand] != q_camids[i]]
         pick[i, pids.index(p)] = rng.choice(cand) if len(cand) else -1
     return pick
 
 # %% ../nbs/08_metrics.ipynb #dac358ed
-def evaluate_single_shot(distmat, # (Q, G) distances
-                         q_pids, # (Q,) query identities
-                         g_pids, # (G,) gallery identities (0: distractor, -1: junk)
-                         q_camids, # (Q,) query cameras
-                         g_camids, # (G,) gallery cameras
-                         max_rank:int=50, # length of the CMC curve
-                         n_repeats:int=10, # random gallery draws, averaged
-                         seed:int=0, # seed of the draws
-                        ) -> RankResult:
-    "Classic single-shot CMC (one random valid gallery image per identity), averaged over `n_repeats` draws."
+def _drawn_ranks(d, pick, qp, gp) -> PositiveRanks:
+    "Rank of each query's one drawn true match among its drawn images (`pick` (Q, P), -1: none)."
+    ok = pick >= 0
+    cols = np.where(ok, pick, 0)
+    D = np.where(ok, np.take_along_axis(d, cols, 1), np.inf)  # (Q, P) distances to the drawn images
+    own = ok & (gp[cols] == qp[:, None])  # the drawn true match: at most one per query
+    rows = np.flatnonzero(own.any(1))
+    j = own[rows].argmax(1)
+    t, c = D[rows, j][:, None], cols[rows, j][:, None]
+    before = (D[rows] < t) | ((D[rows] == t) & (cols[rows] < c))  # the tie rule, by gallery index
+    ranks = np.count_nonzero(before & ok[rows], axis=1).astype(np.int64)
+    return PositiveRanks(ranks, np.r_[0, np.cumsum(own.any(1))].astype(np.int64))
+
+def evaluate_single_shot(
+    distmat, # (Q, G) distances
+    q_pids, # (Q,) query identities
+    g_pids, # (G,) gallery identities (0: distractor, -1: junk)
+    q_camids, # (Q,) query cameras
+    g_camids, # (G,) gallery cameras
+    max_rank:int=50, # length of the CMC curve
+    n_repeats:int=10, # random gallery draws, averaged
+    seed:int=0, # seed of the draws
+) -> RankResult:
+    "Classic single-shot CMC: one random valid gallery image per identity, averaged over draws."
     d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     _need_int('n_repeats', n_repeats)
-    rng, out = np.random.default_rng(seed), []
+    rng, runs = np.random.default_rng(seed), []
     for _ in range(n_repeats):
-        pick = single_shot_draw(qp, gp, qc, gc, rng)  # (Q, P)
-        ranks, offsets = [], np.zeros(len(qp) + 1, np.int64)
-        for i in range(len(qp)):
-            cols = np.sort(pick[i][pick[i] >= 0]); pos = cols[gp[cols] == qp[i]]
-            r = _dense_ranks(d[i, cols], np.sort(d[i, cols]), np.searchsorted(cols, pos), np.zeros(0, int), lambda c: np.ones(len(c), bool))
-            ranks.append(r); offsets[i + 1] = offsets[i] + len(r)
-        out.append(metrics_from_ranks(PositiveRanks(np.concatenate(ranks), offsets), max_rank))
-    return _Rank(np.mean([o.cmc for o in out], 0), np.mean([o.mAP for o in out]), np.mean([o.mINP for o in out]),
-                 out[0].num_valid, out[0].num_skipped)
+        pick = single_shot_draw(qp, gp, qc, gc, rng)
+        runs.append(metrics_from_ranks(_drawn_ranks(d, pick, qp, gp), max_rank))
+    def mean(f): return np.mean([f(r) for r in runs], 0)
+    return RankResult(mean(lambda r: r.cmc), mean(lambda r: r.mAP), mean(lambda r: r.mINP),
+                      runs[0].num_valid, runs[0].num_skipped, mean(lambda r: r.ap))
 
 # %% ../nbs/08_metrics.ipynb #dfc065f6
-def pool_by_identity(feats, # (N, D) features
-                     pids, # (N,) identities
-                     camids, # (N,) cameras
-                     pool:str='mean', # 'mean' (Market devkit) or 'max'
-                    ) -> tuple: # pooled (U, D) float32, their (pid, camid) keys (U, 2)
+def pool_by_identity(
+    feats, # (N, D) features
+    pids, # (N,) identities
+    camids, # (N,) cameras
+    pool:str='mean', # 'mean' (Market devkit) or 'max'
+) -> tuple: # pooled (U, D) float32, their (pid, camid) keys (U, 2)
     "Pool features over every (pid, camid) group."
     if pool not in ('mean', 'max'): raise ValueError(f"pool must be 'mean' or 'max', not {pool!r}")
-    f = _as_tensor(feats).float().cpu()
-    keys, inv = np.unique(np.stack([np.asarray(pids), np.asarray(camids)], 1), axis=0, return_inverse=True)
+    f = _features('feats', feats).cpu()
+    pc = np.stack([_label_vector('pids', pids), _label_vector('camids', camids)], 1)
+    keys, inv = np.unique(pc, axis=0, return_inverse=True)
     idx = torch.from_numpy(inv.ravel()).long()[:, None].expand_as(f)
-    out = torch.zeros(len(keys), f.shape[1]).scatter_reduce_(0, idx, f, 'mean' if pool == 'mean' else 'amax', include_self=False)
+    reduce = 'mean' if pool == 'mean' else 'amax'
+    out = torch.zeros(len(keys), f.shape[1]).scatter_reduce_(0, idx, f, reduce, include_self=False)
     return out.numpy(), keys
 
 # %% ../nbs/08_metrics.ipynb #d45db825
-def evaluate_multi_query(q_feats, # (Q, D) query features
-                         q_pids, # (Q,) query identities
-                         q_camids, # (Q,) query cameras
-                         g_feats, # (G, D) gallery features
-                         g_pids, # (G,) gallery identities
-                         g_camids, # (G,) gallery cameras
-                         mq_feats=None, # (M, D) images to pool (Market's gt_bbox); None: the queries themselves
-                         mq_pids=None, # (M,) their identities
-                         mq_camids=None, # (M,) their cameras
-                         pool:str='mean', # 'mean' or 'max'
-                         metric:str='euclidean', # distance
-                         max_rank:int=50, # length of the CMC curve
-                        ) -> RankResult:
+def evaluate_multi_query(
+    q_feats, # (Q, D) query features
+    q_pids, # (Q,) query identities
+    q_camids, # (Q,) query cameras
+    g_feats, # (G, D) gallery features
+    g_pids, # (G,) gallery identities
+    g_camids, # (G,) gallery cameras
+    mq_feats=None, # (M, D) images to pool (Market's gt_bbox); None: the queries themselves
+    mq_pids=None, # (M,) their identities
+    mq_camids=None, # (M,) their cameras
+    pool:str='mean', # 'mean' or 'max'
+    metric:str='euclidean', # distance
+    max_rank:int=50, # length of the CMC curve
+) -> RankResult:
     "Multi-query evaluation: each query replaced by the pooled feature of its (pid, camid) group."
     check_rank_inputs(None, q_pids, g_pids, q_camids, g_camids, max_rank)
     if mq_feats is None: mq_feats, mq_pids, mq_camids = q_feats, q_pids, q_camids
     pooled, keys = pool_by_identity(mq_feats, mq_pids, mq_camids, pool)
     lut = {(int(p), int(c)): j for j, (p, c) in enumerate(keys)}
-    qf = _as_tensor(q_feats).float().cpu().numpy().copy()
-    for i, k in enumerate(zip(np.asarray(q_pids).tolist(), np.asarray(q_camids).tolist())):
-        if k in lut: qf[i] = pooled[lut[k]]  # groups with no multi-query images keep the query's own feature
-    return evaluate_rank(compute_distance(qf, g_feats, metric), q_pids, g_pids, q_camids, g_camids, max_rank)
+    qf = _features('q_feats', q_feats).cpu().numpy().copy()
+    qp, qc = _label_vector('q_pids', q_pids).tolist(), _label_vector('q_camids', q_camids).tolist()
+    for i, k in enumerate(zip(qp, qc)):  # a group without multi-query images keeps its feature
+        if k in lut: qf[i] = pooled[lut[k]]
+    return evaluate_rank(compute_distance(qf, g_feats, metric), q_pids, g_pids, q_camids, g_camids,
+                         max_rank)
 
-# %% ../nbs/08_metrics.ipynb #2c0baeb5
-def _knn(X, k, chunk_size=1024):
-    "Indices (N, k+1) of each row's k+1 nearest rows of X (Euclidean), itself first."
-    out = []
-    for s in range(0, len(X), chunk_size):
-        d = torch.from_numpy(compute_distance(X[s:s + chunk_size], X))
-        d[torch.arange(len(d)), torch.arange(s, s + len(d))] = -1  # itself at rank 0, whatever the rounding
-        out.append(torch.topk(d, min(k + 1, len(X)), dim=1, largest=False, sorted=True).indices)
-    return torch.cat(out).numpy()
+# %% ../nbs/08_metrics.ipynb #e962ddde
+_APPENDIX = ('re_ranking', 'faiss_search', 'evaluate_topk', 'TopkResult', 'plot_cmc',
+             'pair_distances', 'plot_distance_distributions')
 
-def _reciprocal(nn, k):
-    "k-reciprocal neighbour lists R(i, k) from the (N, ≥k+1) neighbour table."
-    nk = nn[:, :k + 1]
-    mutual = (nk[nk] == np.arange(len(nn))[:, None, None]).any(-1)  # (N, k+1): does my neighbour see me?
-    return [nk[i][mutual[i]] for i in range(len(nn))]
-
-# %% ../nbs/08_metrics.ipynb #fb472187
-def _expanded(R, Rh):
-    "R*(i): R(i, k1) plus each R(q, k1/2), q ∈ R(i, k1), that mostly lies inside R(i, k1)."
-    out = []
-    for Ri in R:
-        parts = [Ri] + [Rq for Rq in (Rh[q] for q in Ri) if np.isin(Rq, Ri).sum() >= 2 / 3 * len(Rq)]
-        out.append(np.unique(np.concatenate(parts)))
-    return out
-
-def _pair_dist(X, rows, cols, chunk=1 << 16):
-    "Euclidean distances of the listed pairs, in chunks."
-    out = np.empty(len(rows), np.float32)
-    for s in range(0, len(rows), chunk):
-        a, b = X[rows[s:s + chunk]], X[cols[s:s + chunk]]
-        out[s:s + chunk] = np.sqrt(np.maximum((a * a).sum(1) + (b * b).sum(1) - 2 * (a * b).sum(1), 0))
-    out[rows == cols] = 0  # an image's distance to itself is 0, not float rounding
-    return out
-
-# %% ../nbs/08_metrics.ipynb #3f4e8076
-def _jaccard_rows(Vq, Vg):
-    "Yield (i, d_J(i, ·)) for each query row of CSR `Vq` against CSR `Vg` (Σmin via an inverted index)."
-    Vc, gsum = Vg.tocsc(), np.asarray(Vg.sum(1)).ravel()
-    for i in range(Vq.shape[0]):
-        J, a = Vq.indices[Vq.indptr[i]:Vq.indptr[i + 1]], Vq.data[Vq.indptr[i]:Vq.indptr[i + 1]]
-        st, ln = Vc.indptr[J], np.diff(Vc.indptr)[J]
-        idx = np.repeat(st - np.r_[0, np.cumsum(ln)[:-1]], ln) + np.arange(ln.sum())  # the concatenated columns
-        smin = np.bincount(Vc.indices[idx], np.minimum(np.repeat(a, ln), Vc.data[idx]), minlength=Vg.shape[0])
-        yield i, 1 - smin / np.maximum(a.sum() + gsum - smin, 1e-12)
-
-# %% ../nbs/08_metrics.ipynb #aecde765
-def re_ranking(q_feats, # (Q, D) query features
-               g_feats, # (G, D) gallery features
-               k1:int=20, # k of the k-reciprocal sets (paper: 20)
-               k2:int=6, # neighbours of the local query expansion (paper: 6)
-               lambda_value:float=0.3, # weight of the original distance (paper: 0.3)
-               distmat:np.ndarray|None=None, # the (Q, G) original distances, if already computed
-              ) -> np.ndarray: # (Q, G) float32 re-ranked distances
-    "k-reciprocal re-ranking (Zhong et al., CVPR 2017): Jaccard distance of k-reciprocal encodings, fused with d."
-    from scipy import sparse
-    X = np.concatenate([_as_tensor(q_feats).float().cpu().numpy(), _as_tensor(g_feats).float().cpu().numpy()])
-    Q, N = len(q_feats), len(X)
-    nn = _knn(X, max(k1, k2))
-    R, Rh = _reciprocal(nn, k1), _reciprocal(nn, int(round(k1 / 2)))
-    Rs = _expanded(R, Rh)
-    rows = np.repeat(np.arange(N), [len(r) for r in Rs]); cols = np.concatenate(Rs)
-    V = sparse.csr_matrix((np.exp(-_pair_dist(X, rows, cols)).astype(np.float64), (rows, cols)), shape=(N, N))  # Eq. 7
-    if k2 > 1:  # local query expansion: average the encodings of the k2 nearest neighbours
-        A = sparse.csr_matrix((np.full(N * k2, 1 / k2), (np.repeat(np.arange(N), k2), nn[:, :k2].ravel())), shape=(N, N))
-        V = (A @ V).tocsr()
-    d = compute_distance(X[:Q], X[Q:]) if distmat is None else np.asarray(distmat, np.float32)
-    out = np.empty((Q, N - Q), np.float32)
-    for i, dj in _jaccard_rows(V[:Q], V[Q:]): out[i] = (1 - lambda_value) * dj + lambda_value * d[i]
-    return out
-
-# %% ../nbs/08_metrics.ipynb #2de18c91
-def faiss_search(q_feats, # (Q, D) query features
-                 g_feats, # (G, D) gallery features
-                 k:int=100, # neighbours to retrieve (capped at G)
-                 metric:str='euclidean', # 'euclidean' or 'cosine'
-                ) -> tuple: # distances (Q, k) float32 ascending, gallery indices (Q, k) int64
-    "Exact top-k search with a FAISS flat index (no dense distance matrix)."
-    import faiss
-    if metric not in ('euclidean', 'cosine'): raise ValueError(f"metric must be 'euclidean' or 'cosine', not {metric!r}")
-    f32 = lambda name, x: np.ascontiguousarray(_features(name, x).cpu().numpy())
-    qf, gf = f32('q_feats', q_feats), f32('g_feats', g_feats)
-    if metric == 'cosine': qf, gf = _l2n(qf).astype(np.float32), _l2n(gf).astype(np.float32)
-    index = (faiss.IndexFlatIP if metric == 'cosine' else faiss.IndexFlatL2)(gf.shape[1]); index.add(gf)
-    D, I = index.search(qf, min(k, len(gf)))
-    return (1 - D if metric == 'cosine' else np.sqrt(np.maximum(D, 0))).astype(np.float32), I.astype(np.int64)
-
-# %% ../nbs/08_metrics.ipynb #f5512a8e
-def _topk_ranks(dist, idx, pos, n_valid, valid):
-    "Ranks of `pos` from a retrieved list; missing ones at the end of the valid gallery (a lower bound)."
-    keep = valid(idx); dist, idx = dist[keep], idx[keep]
-    o = np.lexsort((idx, dist)); idx = idx[o]  # tie rule: lower gallery index first
-    found = np.flatnonzero(np.isin(idx, pos))
-    n_miss = len(pos) - len(found)
-    return np.r_[found, n_valid - n_miss + np.arange(n_miss)].astype(np.int64)
-
-# %% ../nbs/08_metrics.ipynb #ddc7a595
-def evaluate_topk(q_feats, # (Q, D) query features
-                  g_feats, # (G, D) gallery features
-                  q_pids, # (Q,) query identities
-                  g_pids, # (G,) gallery identities (0: distractor, -1: junk)
-                  q_camids, # (Q,) query cameras
-                  g_camids, # (G,) gallery cameras
-                  k:int=100, # retrieved neighbours per query
-                  metric:str='euclidean', # 'euclidean' or 'cosine'
-                  max_rank:int=50, # length of the CMC curve
-                  exact_fallback:bool=True, # recompute uncertain queries exactly (else: lower bounds, see above)
-                  tol:float=1e-4, # margin between the k-th retrieved distance and the farthest true match
-                  chunk_size:int=256, # fallback queries per dense block
-                 ) -> RankResult:
-    "CMC/mAP/mINP from a FAISS top-k search; `.num_uncertain` queries needed exact rows (or were approximated: `.exact`)."
-    _, qp, gp, qc, gc = check_rank_inputs(None, q_pids, g_pids, q_camids, g_camids, max_rank)
-    _need_int('k', k)
-    if len(q_feats) != len(qp) or len(g_feats) != len(gp):
-        raise ValueError(f"q_feats ({len(q_feats)}) and g_feats ({len(g_feats)}) must match "
-                         f"q_pids ({len(qp)}) and g_pids ({len(gp)})")
-    D, I = faiss_search(q_feats, g_feats, k, metric)
-    (P, po), (_, jo) = query_groups(qp, qc, gp, gc); n_junk_all = int((gp == -1).sum())
-    ranks, uncertain = [None] * len(qp), []
-    for i in range(len(qp)):
-        pos, n_valid = P[po[i]:po[i + 1]], len(gp) - n_junk_all - (jo[i + 1] - jo[i])
-        dpos = D[i][np.isin(I[i], pos)]
-        certain = len(dpos) == len(pos) and (I.shape[1] == len(gp) or len(pos) == 0 or D[i, -1] > dpos.max() + tol)
-        if not certain: uncertain.append(i)
-        if certain or not exact_fallback:
-            ranks[i] = _topk_ranks(D[i], I[i], pos, n_valid, lambda c: (gp[c] != -1) & ~((gp[c] == qp[i]) & (gc[c] == qc[i])))
-    for s in range(0, len(uncertain) if exact_fallback else 0, chunk_size):  # exact rows for the uncertain queries
-        fb = np.array(uncertain[s:s + chunk_size])
-        pr = positive_ranks(compute_distance(_as_tensor(q_feats)[torch.from_numpy(fb)], g_feats, metric), qp[fb], gp, qc[fb], gc)
-        for j, i in enumerate(fb): ranks[i] = pr.ranks[pr.offsets[j]:pr.offsets[j + 1]]
-    offsets = np.r_[0, np.cumsum([len(r) for r in ranks])]
-    res = metrics_from_ranks(PositiveRanks(np.concatenate(ranks), offsets), max_rank)
-    res.num_uncertain, res.exact = len(uncertain), exact_fallback or not uncertain
-    return res
-
-# %% ../nbs/08_metrics.ipynb #d6432243
-def plot_cmc(results, # a RankResult, or {label: RankResult}
-             max_rank:int=20, # ranks shown
-             ax=None, # matplotlib axes to draw on
-             title:str='CMC', # axes title
-            ):
-    "Plot CMC curves (in %) against rank."
-    if ax is None: _, ax = plt.subplots(figsize=(5, 3.5))
-    if isinstance(results, RankResult): results = {f'mAP {100 * results.mAP:.1f}%': results}
-    for label, r in results.items():
-        n = min(max_rank, len(r.cmc)); ax.plot(np.arange(1, n + 1), 100 * np.asarray(r.cmc[:n]), marker='.', label=label)
-    ax.set(xlabel='rank', ylabel='matching rate (%)', title=title, xlim=(0.5, max_rank + 0.5))
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.grid(alpha=0.3); ax.legend(loc='lower right')
-    return ax
-
-# %% ../nbs/08_metrics.ipynb #6cbe7fdb
-def pair_distances(distmat, # (Q, G) distances
-                   q_pids, # (Q,) query identities
-                   g_pids, # (G,) gallery identities
-                   q_camids, # (Q,) query cameras
-                   g_camids, # (G,) gallery cameras
-                   max_pairs:int=200_000, # false pairs kept (a random sample); true pairs are all kept
-                   seed:int=0, # sampling seed
-                  ) -> tuple: # (true-pair distances, false-pair distances)
-    "Distances of valid true pairs and (a sample of) valid false pairs under the protocol."
-    d, qp, gp, qc, gc = check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
-    samep = qp[:, None] == gp[None]
-    valid = (gp[None] != -1) & ~(samep & (qc[:, None] == gc[None]))
-    tp, fp = d[valid & samep], d[valid & ~samep]
-    if len(fp) > max_pairs: fp = np.random.default_rng(seed).choice(fp, max_pairs, replace=False)
-    return tp, fp
-
-def plot_distance_distributions(distmat, # (Q, G) distances
-                                q_pids, # (Q,) query identities
-                                g_pids, # (G,) gallery identities
-                                q_camids, # (Q,) query cameras
-                                g_camids, # (G,) gallery cameras
-                                bins:int=60, # histogram bins
-                                ax=None, # matplotlib axes to draw on
-                               ):
-    "Histograms (densities) of the distances of true and false pairs."
-    tp, fp = pair_distances(distmat, q_pids, g_pids, q_camids, g_camids)
-    if ax is None: _, ax = plt.subplots(figsize=(5, 3.5))
-    edges = np.histogram_bin_edges(np.r_[tp, fp][np.isfinite(np.r_[tp, fp])], bins)
-    ax.hist(fp, edges, density=True, alpha=0.55, color='tab:red', label=f'false pairs ({len(fp):,})')
-    ax.hist(tp, edges, density=True, alpha=0.55, color='tab:green', label=f'true pairs ({len(tp):,})')
-    ax.set(xlabel='distance', ylabel='density', title='distances of true and false pairs'); ax.legend()
-    return ax
+def __getattr__(name:str, # an attribute not defined here
+               ):
+    "The appendix's tools (`hacnn_nbdev.ranking`), imported on first use."
+    if name in _APPENDIX:
+        from hacnn_nbdev import ranking
+        return getattr(ranking, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -5,13 +5,12 @@
 # %% ../nbs/05_model.ipynb #72d1b65e
 from __future__ import annotations
 import copy
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
-from .core import ConvBlock, load_checkpoint, CheckpointError
+from .core import ConvBlock, InputSpec
 from .inception import InceptionA, InceptionB
 from .hard_attention import region_size
 from .harmonious import HarmoniousAttention
@@ -31,6 +30,7 @@ class FCBlock(nn.Sequential):
 # %% ../nbs/05_model.ipynb #3dc275d9
 class HACNN(nn.Module):
     "Harmonious Attention CNN (Li, Zhu & Gong, CVPR 2018; Sec. 3, Fig. 2) for person re-id."
+    arch = 'hacnn'  # how checkpoints name this network (`05c_checkpoint`)
     def __init__(self,
                  num_classes:int,           # training identities (classifier outputs)
                  widths:tuple=(128, 256, 384), # Inception widths d1, d2, d3 (Sec. 4)
@@ -38,22 +38,31 @@ class HACNN(nn.Module):
                  n_regions:int=4,           # T, hard-attention regions = local streams (Sec. 4)
                  spatial_attention:bool=True, # soft spatial attention (Eq. 2; Table 5 SSA)
                  channel_attention:bool=True, # soft channel attention (Eq. 3–4; Table 5 SCA)
-                 hard_attention:bool=True,  # learned regions (Eq. 5; Table 5 HRA); False: fixed stripes
+                 hard_attention:bool=True,  # learned regions (Eq. 5; Table 5 HRA), or fixed stripes
                  cross_attention:bool=True, # cross-attention interaction (Eq. 6; Table 6 CAIL)
                 ):
         super().__init__()
         self.model_kwargs = dict(num_classes=num_classes, widths=tuple(widths), feat_dim=feat_dim,
-            n_regions=n_regions, spatial_attention=spatial_attention, channel_attention=channel_attention,
-            hard_attention=hard_attention, cross_attention=cross_attention)
+                                 n_regions=n_regions, spatial_attention=spatial_attention,
+                                 channel_attention=channel_attention, hard_attention=hard_attention,
+                                 cross_attention=cross_attention)
+        # the input it expects: Sec. 4's 160x64; a checkpoint may say otherwise
+        self.input_spec = InputSpec()
         self.T, self.cross_attention, d = n_regions, cross_attention, tuple(widths)
         ins = (32,) + d[:-1]                           # each level's input channels
         self.stem = ConvBlock(3, 32, 3, s=2)           # shared by both branches
-        self.global_levels = nn.ModuleList(nn.Sequential(InceptionA(i, o), InceptionB(o, o)) for i, o in zip(ins, d))
-        self.ha = nn.ModuleList(HarmoniousAttention(o, n_regions, spatial=spatial_attention, channel=channel_attention,
-                                hard=hard_attention and (cross_attention or l == 0)) for l, o in enumerate(d))
-        self.local_levels = nn.ModuleList(InceptionB(i, o) for i, o in zip(ins, d))  # shared by the T streams
-        self.global_fc, self.local_fc = FCBlock(d[-1], feat_dim), FCBlock(n_regions * d[-1], feat_dim)
-        self.global_cls, self.local_cls = nn.Linear(feat_dim, num_classes), nn.Linear(feat_dim, num_classes)
+        self.global_levels = nn.ModuleList(nn.Sequential(InceptionA(i, o), InceptionB(o, o))
+                                           for i, o in zip(ins, d))
+        self.ha = nn.ModuleList(
+            HarmoniousAttention(o, n_regions, spatial=spatial_attention, channel=channel_attention,
+                                hard=hard_attention and (cross_attention or l == 0))
+            for l, o in enumerate(d))
+        # one set of local Inception-B levels, shared by the T streams
+        self.local_levels = nn.ModuleList(InceptionB(i, o) for i, o in zip(ins, d))
+        self.global_fc = FCBlock(d[-1], feat_dim)
+        self.local_fc = FCBlock(n_regions * d[-1], feat_dim)
+        self.global_cls = nn.Linear(feat_dim, num_classes)
+        self.local_cls = nn.Linear(feat_dim, num_classes)
 
 # %% ../nbs/05_model.ipynb #12d7cda8
 @patch
@@ -65,7 +74,8 @@ def global_branch(self:HACNN, x:torch.Tensor, # (N, 3, H, W) images
     for level, ha in zip(self.global_levels, self.ha):
         inputs.append(x)
         x, theta = ha(level(x))                       # Inception-A → Inception-B → HA (Sec. 3.1)
-        outputs.append(x); thetas.append(theta)
+        outputs.append(x)
+        thetas.append(theta)
     return inputs, outputs, thetas
 
 # %% ../nbs/05_model.ipynb #c8d4141a
@@ -76,11 +86,11 @@ def local_branch(self:HACNN, inputs:list, outputs:list, thetas:list, # from `glo
     N, L = inputs[0].shape[0], len(self.local_levels)
     loc = self.ha[0].hard.sample(inputs[0], thetas[0]).flatten(0, 1)   # (N·T, 32, rh, rw)
     for l, level in enumerate(self.local_levels):
-        loc = level(loc)                                               # (N·T, d_l, ~rh/2, ~rw/2)
-        if self.cross_attention and l + 1 < L:                          # Eq. 6 (none after the last level)
+        loc = level(loc)                                # (N·T, d_l, ~rh/2, ~rw/2)
+        if self.cross_attention and l + 1 < L:          # Eq. 6 (none after the last level)
             xg = self.ha[l + 1].hard.sample(outputs[l], thetas[l + 1], size=loc.shape[-2:])
             loc = loc + xg.flatten(0, 1)
-    return loc.mean(dim=(2, 3)).view(N, -1)                            # GAP per stream, streams concatenated
+    return loc.mean(dim=(2, 3)).view(N, -1)             # GAP per stream, streams concatenated
 
 # %% ../nbs/05_model.ipynb #88d50351
 @patch
@@ -95,7 +105,7 @@ def features(self:HACNN, x:torch.Tensor, # (N, 3, H, W) normalised images
 @patch
 def forward(self:HACNN, x:torch.Tensor, # (N, 3, H, W) normalised images
            ): # train: (global_logits, local_logits), each (N, num_classes); eval: (N, 2·feat_dim)
-    "Train mode: the two branches' logits. Eval mode: cat(L2norm(global), L2norm(local)) (Sec. 3.2)."
+    "Train mode: the two branches' logits. Eval mode: cat(L2norm(global), L2norm(local)), Sec. 3.2."
     g, l = self.features(x)
     if self.training: return self.global_cls(g), self.local_cls(l)
     return torch.cat([F.normalize(g, dim=1), F.normalize(l, dim=1)], dim=1)
@@ -104,30 +114,18 @@ def forward(self:HACNN, x:torch.Tensor, # (N, 3, H, W) normalised images
 @patch
 @torch.no_grad()
 def attention_maps(self:HACNN, x:torch.Tensor, # (N, 3, H, W) normalised images
-                  ) -> list: # 3 dicts: 'spatial' (N,1,h,w) in [0,1], 'soft' (N,c,h,w) in [0.5,1], 'boxes' (N,T,4), 'theta'
-    "Per level: soft spatial map, full soft mask and hard boxes (x0, y0, x1, y1) as image fractions."
-    was_training = self.training; self.eval()
+                  ) -> list: # 3 dicts: 'spatial' in [0,1], 'soft' in [0.5,1], 'boxes', 'theta'
+    "Per level: soft spatial map, full soft mask, hard boxes (x0, y0, x1, y1) as image fractions."
+    was_training = self.training
+    self.eval()
     try:
         x, maps = self.stem(x), []
         for level, ha in zip(self.global_levels, self.ha):
-            y = level(x); maps.append(ha.maps(y)); x, _ = ha(y)
+            y = level(x)
+            maps.append(ha.maps(y))
+            x, _ = ha(y)
     finally: self.train(was_training)
     return maps
-
-# %% ../nbs/05_model.ipynb #03d91ca2
-@patch(cls_method=True)
-def from_checkpoint(cls:HACNN, path_or_dict:str|Path|dict, # checkpoint file, or an already loaded checkpoint dict
-                    map_location:str|torch.device='cpu', # where to load the tensors
-                   ) -> HACNN: # the model with the checkpoint's weights, in eval mode
-    "Build an HA-CNN from a checkpoint's `model_kwargs` and load its `model` state dict."
-    ck = path_or_dict if isinstance(path_or_dict, dict) else load_checkpoint(path_or_dict, map_location)
-    missing = [k for k in ('model_kwargs', 'model') if k not in ck]
-    if missing: raise CheckpointError(f"checkpoint lacks {missing}: expected the dict hacnn_train writes "
-                                      "({'format': 'hacnn_nbdev.checkpoint/1', 'model': ..., 'model_kwargs': ..., ...})")
-    model = cls(**ck['model_kwargs'])
-    model.load_state_dict(ck['model'])
-    if isinstance(map_location, (str, torch.device)): model.to(map_location)
-    return model.eval()
 
 # %% ../nbs/05_model.ipynb #9e38be78
 def _component(name:str) -> str:
@@ -135,40 +133,54 @@ def _component(name:str) -> str:
     p = name.split('.')
     if p[0] == 'global_levels': return f'level {int(p[1]) + 1}: global Inception-A + B'
     if p[0] == 'ha': return f'level {int(p[1]) + 1}: {p[2]} attention'
-    if p[0] == 'local_levels': return f'level {int(p[1]) + 1}: local Inception-B (shared by T streams)'
-    return {'stem': 'stem', 'global_fc': 'FC heads (global + local)', 'local_fc': 'FC heads (global + local)',
+    if p[0] == 'local_levels':
+        return f'level {int(p[1]) + 1}: local Inception-B (shared by T streams)'
+    heads = 'FC heads (global + local)'
+    return {'stem': 'stem', 'global_fc': heads, 'local_fc': heads,
             'global_cls': 'classifiers', 'local_cls': 'classifiers'}[p[0]]
 
 # %% ../nbs/05_model.ipynb #b6a7038c
 def _count_macs(model:HACNN, x:torch.Tensor) -> dict:
-    "Multiply-adds of every Conv2d/Linear in one eval-mode pass (features + both classifiers), by component."
+    "Multiply-adds of each Conv2d/Linear in one eval pass (features + classifiers), by component."
     macs, hooks = {}, []
     def hook(name):
         def f(mod, inp, out):
-            k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1] if isinstance(mod, nn.Conv2d) else mod.in_features
-            macs[_component(name)] = macs.get(_component(name), 0) + out.numel() * k
+            if isinstance(mod, nn.Conv2d):    # k: multiply-adds per output value
+                k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+            else:
+                k = mod.in_features
+            c = _component(name)
+            macs[c] = macs.get(c, 0) + out.numel() * k
         return f
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)): hooks.append(mod.register_forward_hook(hook(name)))
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            hooks.append(mod.register_forward_hook(hook(name)))
     try:
-        with torch.no_grad(): g, l = model.features(x); model.global_cls(g); model.local_cls(l)
+        with torch.no_grad():
+            g, l = model.features(x)
+            model.global_cls(g)
+            model.local_cls(l)
     finally:
         for h in hooks: h.remove()
     return macs
 
 # %% ../nbs/05_model.ipynb #c755b85f
-_LAYER_OPS = ('ConvolutionBackward0', 'AddmmBackward0', 'MmBackward0')   # conv and FC layers in autograd
+# the autograd nodes of conv and FC layers
+_LAYER_OPS = ('ConvolutionBackward0', 'AddmmBackward0', 'MmBackward0')
 
 def _depth(outputs:list) -> list:
     "Largest number of conv/FC layers on any autograd path ending at each output."
     memo = {}
     for root in (o.grad_fn for o in outputs):
         stack = [(root, False)]
-        while stack:                                   # iterative post-order walk (the graph is deep)
+        while stack:                   # iterative post-order walk (the graph is deep)
             fn, ready = stack.pop()
             kids = [k for k, _ in fn.next_functions if k is not None]
-            if ready: memo[fn] = (type(fn).__name__ in _LAYER_OPS) + max((memo[k] for k in kids), default=0)
-            elif fn not in memo: stack += [(fn, True)] + [(k, False) for k in kids if k not in memo]
+            if ready:
+                below = max((memo[k] for k in kids), default=0)
+                memo[fn] = (type(fn).__name__ in _LAYER_OPS) + below
+            elif fn not in memo:
+                stack += [(fn, True)] + [(k, False) for k in kids if k not in memo]
     return [memo[o.grad_fn] for o in outputs]
 
 # %% ../nbs/05_model.ipynb #4d45117a
@@ -191,10 +203,13 @@ class Complexity:
         s = "| component | parameters | MFLOPs (2·MACs) |\n|---|---:|---:|\n"
         s += "".join(f"| {c} | {p:,} | {2 * m / 1e6:.1f} |\n" for c, p, m in self.rows)
         s += f"| **total** | **{self.params:,}** | **{self.flops / 1e6:.1f}** |\n"
-        return s + (f"\n| | this model ({self.input_size[0]}×{self.input_size[1]}) | paper, Table 8 |\n|---|---:|---:|\n"
-                    f"| parameters (no classifiers) | {self.params_no_cls / 1e6:.3f} M | 2.7 M |\n"
-                    f"| parameters (all) | {self.params / 1e6:.3f} M | |\n"
-                    f"| FLOPs | {self.flops:.3e} | 1.09e+09 |\n| depth | {self.depth} (global {self.depth_global}, local {self.depth_local}) | 39 |\n")
+        H, W = self.input_size[0], self.input_size[1]
+        s += f"\n| | this model ({H}×{W}) | paper, Table 8 |\n|---|---:|---:|\n"
+        s += f"| parameters (no classifiers) | {self.params_no_cls / 1e6:.3f} M | 2.7 M |\n"
+        s += f"| parameters (all) | {self.params / 1e6:.3f} M | |\n"
+        s += f"| FLOPs | {self.flops:.3e} | 1.09e+09 |\n"
+        depth = f"{self.depth} (global {self.depth_global}, local {self.depth_local})"
+        return s + f"| depth | {depth} | 39 |\n"
     def _repr_markdown_(self): return self.table()
     def __str__(self): return self.table()
 
@@ -202,16 +217,20 @@ class Complexity:
 def model_complexity(model:HACNN, # the network to measure (left unchanged)
                      input_size:tuple=(160, 64), # (H, W) of the input image
                     ) -> Complexity:
-    "Parameters (with/without classifiers), multiply-adds/FLOPs per image and depth, by component (Table 8)."
-    m = copy.deepcopy(model).float().cpu().eval()      # a copy: BN statistics of `model` stay untouched
+    "Parameters (with/without classifiers), MACs/FLOPs per image and depth, by component (Table 8)."
+    m = copy.deepcopy(model).float().cpu().eval()   # a copy: `model`'s BN statistics stay untouched
     params = {}
-    for name, p in m.named_parameters(): params[_component(name)] = params.get(_component(name), 0) + p.numel()
+    for name, p in m.named_parameters():
+        c = _component(name)
+        params[c] = params.get(c, 0) + p.numel()
     macs = _count_macs(m, torch.zeros(1, 3, *input_size))
-    g, l = m.train()(torch.randn(2, 3, *input_size))   # training mode: both classifier outputs, with a graph
+    g, l = m.train()(torch.randn(2, 3, *input_size))   # train mode: both logits, with a graph
     dg, dl = _depth([g, l])
+    parts = [('global_levels', ''), ('ha', 'soft'), ('ha', 'hard'), ('local_levels', '')]
     order = ['stem'] + [_component(f'{part}.{i}.{sub}') for i in range(len(m.global_levels))
-                        for part, sub in [('global_levels', ''), ('ha', 'soft'), ('ha', 'hard'), ('local_levels', '')]]
+                        for part, sub in parts]
     order += ['FC heads (global + local)', 'classifiers']
     rows = [(c, params.get(c, 0), macs.get(c, 0)) for c in order]
     total = sum(params.values())
-    return Complexity(rows, total, total - params['classifiers'], sum(macs.values()), max(dg, dl), dg, dl, tuple(input_size))
+    return Complexity(rows, total, total - params['classifiers'], sum(macs.values()),
+                      max(dg, dl), dg, dl, tuple(input_size))

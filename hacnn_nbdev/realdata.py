@@ -11,143 +11,159 @@ import torch
 import matplotlib.pyplot as plt
 from PIL import Image
 from tqdm.auto import tqdm
-from .core import seed_everything, load_checkpoint
-from .data import CUHK01, CUHK03NP, get_dataset, parse_pid_cam, read_cuhk03np_pairs, build_test_loader
+from .core import InputSpec
+from .checkpoint import load_checkpoint, load_model
+from .data import CUHK01, CUHK03NP, get_dataset, parse_pid_cam, read_cuhk03np_pairs
+from .loaders import build_test_loader
 from .metrics import compute_distance, evaluate_rank
-from .model import HACNN
-from .train import TrainConfig, TrainError, train
-from .evaluate import evaluate_model, extract_features
-from .synthetic import histogram_distances
+from .runtime import extract_features
+from .train import RECIPES, TrainConfig, TrainError
+from .baseline import histogram_distances
+from .evaluate import evaluate_model
 from .viz import prepare_image
-from .demo import DEMO_RECIPE, train_processes, score, scores
-from .experiments import Md
+from .demo import train_run, untrained_network
+from .experiments import Md, pm, paired_gains
 
 # %% auto #0
-__all__ = ['REAL_RECIPE', 'NO_ATTENTION', 'DATA_NAMES', 'real_config', 'rank_summary', 'score_model', 'run_real',
-           'histogram_scores', 'frame_pairs', 'pair_ranks', 'register_boxes', 'register_pairs', 'region_tracking',
-           'plot_pair_regions', 'position_probe', 'scores_table', 'gain_table', 'pairs_table', 'tracking_table']
+__all__ = ['REAL_RECIPE', 'NO_ATTENTION', 'DATA_NAMES', 'real_config', 'run_real', 'histogram_scores', 'frame_pairs',
+           'pair_ranks', 'register_boxes', 'register_pairs', 'region_tracking', 'plot_pair_regions', 'position_probe',
+           'ha_gains', 'scores_table', 'gain_table', 'pairs_table', 'tracking_table']
 
 # %% ../nbs/15_realdata.ipynb #347a5961
-# the CPU demo's recipe (14_demo) for 12 epochs, with random shifts; the rest is Sec. 4's
-REAL_RECIPE = {**{k: v for k, v in DEMO_RECIPE.items() if k not in ('dataset', 'eval_every')},
+# the CPU demo's recipe (RECIPES['demo'], 09_train), 12 epochs, random shifts; the rest is Sec. 4's
+REAL_RECIPE = {**{k: v for k, v in RECIPES['demo'].items() if k not in ('dataset', 'eval_every')},
                'epochs': 12, 'random_crop': 0.1}
-NO_ATTENTION = dict(spatial_attention=False, channel_attention=False, hard_attention=False, theta_lr_mult=1.0)
+NO_ATTENTION = dict(spatial_attention=False, channel_attention=False, hard_attention=False,
+                    theta_lr_mult=1.0)
 
 def real_config(dataset:str, # 'cuhk03np-labeled', 'cuhk03np-detected' or 'cuhk01'
-                root:str|Path, # the dataset's folder (for CUHK03-NP: the one holding labeled/ and detected/)
+                root:str|Path, # the dataset's folder (CUHK03-NP: the one with labeled/, detected/)
                 out:str|Path, # the run's folder
-                attention:bool=True, # False: Table 5's "No attention" (fixed stripes, no soft attention)
+                attention:bool=True, # False: Table 5's "No attention" (fixed stripes, no soft one)
                 seed:int=0, # the run's seed (weights, data order, augmentation)
                 split:int=0, # CUHK01's random split
                 **overrides, # TrainConfig fields changing REAL_RECIPE
                ) -> TrainConfig:
-    "The CPU recipe for real data as a TrainConfig: HA-CNN, or the same network with every attention off."
+    "The CPU recipe for real data as a TrainConfig: HA-CNN, or the same network, attention off."
     rec = {**REAL_RECIPE, **({} if attention else NO_ATTENTION), **overrides}
-    return TrainConfig(root=str(root), dataset=dataset, split=split, out=str(out), seed=seed, resume=True,
+    return TrainConfig(root=str(root), dataset=dataset, split=split, out=str(out), seed=seed,
+                       resume=True,
                        progress=False, **rec)
 
-# %% ../nbs/15_realdata.ipynb #868c5993
-def rank_summary(r, # a RankResult
-                ) -> dict:
-    "rank-1/5/10, mAP and mINP of a RankResult as plain fractions (`14_demo`'s `scores` without the CMC curve)."
-    return {k: v for k, v in scores(r).items() if k != 'cmc'}
-
-def score_model(model:torch.nn.Module, # a HACNN in eval mode
-                ds, # a dataset with .query and .gallery
-                cfg:TrainConfig, # its recipe (input size)
-               ) -> dict:
-    "rank-1/5/10, mAP, mINP of `model` on ds's query/gallery split (`14_demo`'s `score`)."
-    return rank_summary(score(model, ds, cfg.height, cfg.width).results['SQ'])
-
 # %% ../nbs/15_realdata.ipynb #39b64208
+def _noop(*a, **k): pass
+
 def run_real(cfg:TrainConfig, # from `real_config`
              procs:int=2, # training processes (DDP over gloo on a CPU)
-             log=print, # where progress messages go
+             log=_noop, # where progress messages go (e.g. `print`)
             ) -> dict:
-    "Train `cfg` (or finish it; a finished run is only scored), score it and the untrained network; write summary.json."
-    out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
+    "Train `cfg` (a finished run is only scored), score it and its untrained self (summary.json)."
+    out, last = Path(cfg.out), Path(cfg.out) / 'last.pt'
+    out.mkdir(parents=True, exist_ok=True)
     ds = get_dataset(cfg.dataset, cfg.root, split=cfg.split)
-    last = out / 'last.pt'
     if not last.exists() or load_checkpoint(last)['epoch'] < cfg.epochs:
         log(f"training {out.name}: {ds.name}, {cfg.epochs} epochs, {procs} process(es)")
-        rc = train_processes(cfg, procs) if procs > 1 else (train(cfg), [0])[1]
-        if any(c != 0 for c in rc): raise TrainError(f"training {str(out)!r} failed (exit codes {rc})")
-    ck = load_checkpoint(last)
+        train_run(cfg, procs, log)
+    ck, fresh = load_checkpoint(last), untrained_network(cfg, ds.num_train_pids)
     if ck['epoch'] < cfg.epochs:
-        raise TrainError(f"{str(out)!r} stopped at epoch {ck['epoch']} of {cfg.epochs}: run again to continue")
-    seed_everything(cfg.seed)
-    untrained = score_model(HACNN(**cfg.model_kwargs(ds.num_train_pids)).eval(), ds, cfg)
-    s = dict(dataset=ds.name, **score_model(HACNN.from_checkpoint(ck).eval(), ds, cfg), untrained=untrained,
-             epochs=ck['epoch'], train_seconds=sum(h['time'] for h in ck['history']),
-             images_per_s=sum(h['images'] for h in ck['history']) / sum(h['time'] for h in ck['history']),
+        raise TrainError(f"{str(out)!r} stopped at epoch {ck['epoch']} of {cfg.epochs}: "
+                         "run again to continue")
+    hist = ck['history']
+    sq = lambda m: evaluate_model(m, ds, progress=False, max_rank=20).results['SQ']
+    s = dict(dataset=ds.name, **sq(load_model(ck)).scores(), untrained=sq(fresh).scores(),
+             epochs=ck['epoch'],
+             train_seconds=sum(h['time'] for h in hist),
+             images_per_s=sum(h['images'] for h in hist) / sum(h['time'] for h in hist),
              recipe={k: getattr(cfg, k) for k in REAL_RECIPE | NO_ATTENTION})
     (out / 'summary.json').write_text(json.dumps(s, indent=1))
     return s
 
 # %% ../nbs/15_realdata.ipynb #de5c0553
 def histogram_scores(ds, # a dataset with .query and .gallery
-                     centre:float=0.5, # keep the central fraction of the width (`colour_histograms`)
+                     centre:float=0.5, # central fraction of the width kept (`colour_histograms`)
                     ) -> dict:
-    "The non-learned baseline: per-stripe HSV colour histograms of the central part, Hellinger distances."
+    "The non-learned baseline: per-stripe HSV colour histograms of the centre, Hellinger distance."
     d = histogram_distances(ds.query, ds.gallery, centre=centre)
     lab = lambda recs, i: np.array([r[i] for r in recs])
     labels = lab(ds.query, 1), lab(ds.gallery, 1), lab(ds.query, 2), lab(ds.gallery, 2)
-    return rank_summary(evaluate_rank(d, *labels, max_rank=20))
+    return evaluate_rank(d, *labels, max_rank=20).scores()
 
 # %% ../nbs/15_realdata.ipynb #eb66ee13
 def frame_pairs(root:str|Path, # the CUHK03-NP folder holding pairs.csv
               ) -> list[tuple[str, str, str, int]]:
-    "`(cell, labelled image, detected image, person)` for the frames whose two boxes are both test images."
+    "`(cell, labelled image, detected image, person)` of frames whose two boxes are test images."
     test = lambda p: Path(p).parent.name != 'bounding_box_train'
-    return [(c, l, d, parse_pid_cam(l)[0]) for c, l, d in read_cuhk03np_pairs(root) if test(l) and test(d)]
+    return [(c, l, d, parse_pid_cam(l)[0]) for c, l, d in read_cuhk03np_pairs(root)
+            if test(l) and test(d)]
 
-def _features(model, paths, height, width):
-    return extract_features(model, build_test_loader([(p, 0, 0) for p in paths], 128, 0, height, width), False)[0]
+def _spec(model, spec:InputSpec|None) -> InputSpec:
+    "`spec`, else the model's own input spec, else Sec. 4's."
+    return spec or getattr(model, 'input_spec', None) or InputSpec()
+
+def _features(model, paths, spec):
+    loader = build_test_loader([(p, 0, 0) for p in paths], 128, 0, spec.height, spec.width,
+                               mean=spec.mean, std=spec.std)
+    return extract_features(model, loader, False)[0]
 
 # %% ../nbs/15_realdata.ipynb #c810fae3
 def pair_ranks(model:torch.nn.Module, # a HACNN in eval mode
                pairs:list, # from `frame_pairs`
-               height:int=160, width:int=64, # the network's input size
+               spec:InputSpec|None=None, # input size and normalisation (default: the model's)
               ) -> dict:
-    "Labelled boxes as queries, detected boxes as gallery: the rank of a frame's own detected box among other people's."
-    fl, fd = (_features(model, [p[k] for p in pairs], height, width) for k in (1, 2))
+    "Labelled boxes as queries, detected boxes as gallery: the rank of a frame's own detected box."
+    spec = _spec(model, spec)
+    fl, fd = (_features(model, [p[k] for p in pairs], spec) for k in (1, 2))
     d = np.asarray(compute_distance(fl, fd), dtype=np.float64)  # (n, n): row i = labelled box i
-    pid = np.array([p[3] for p in pairs]); other = pid[:, None] != pid[None, :]
-    own = np.diag(d)
-    rank = 1 + ((d < own[:, None]) & other).sum(1)
+    pid = np.array([p[3] for p in pairs])
+    other, own = pid[:, None] != pid[None, :], np.diag(d)
+    rank = 1 + ((d < own[:, None]) & other).sum(1)         # among other people's detected boxes
     ratio = own / np.array([np.median(row[m]) for row, m in zip(d, other)])
     return dict(n=len(pairs), top1=float((rank == 1).mean()), median_rank=float(np.median(rank)),
-                mean_rank=float(rank.mean()), mrr=float((1 / rank).mean()), ratio=float(np.median(ratio)), ranks=rank)
+                mean_rank=float(rank.mean()), mrr=float((1 / rank).mean()),
+                ratio=float(np.median(ratio)),
+                ranks=rank)
 
 # %% ../nbs/15_realdata.ipynb #0b4900e1
 def _grey(path, height):
-    im = Image.open(path).convert('L'); w = max(1, round(im.width * height / im.height))
+    im = Image.open(path).convert('L')
+    w = max(1, round(im.width * height / im.height))
     return np.asarray(im.resize((w, height), Image.BILINEAR), np.float64)
+
+def _window_sums(I, h, w):
+    "Sums of I and of I² over every h×w window (integral images): two (H-h+1, W-w+1) arrays."
+    c1 = np.pad(I, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    c2 = np.pad(I ** 2, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    win = lambda c: c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
+    return win(c1), win(c2)
+
+def _ncc(I, T):
+    "Normalised cross-correlation of template T (zero mean) with every window of I."
+    from scipy.signal import fftconvolve
+    h, w = T.shape
+    s1, s2 = _window_sums(I, h, w)
+    var = np.maximum(s2 - s1 ** 2 / (h * w), 1e-9)
+    return fftconvolve(I, T[::-1, ::-1], mode='valid') / (np.sqrt((T ** 2).sum()) * np.sqrt(var))
 
 def register_boxes(labelled:str|Path, # the hand-drawn box of a frame
                    detected:str|Path, # the detector's box of the same frame
-                   scale_range:tuple=(0.6, 1.5), # heights of the labelled box tried, relative to the detected one
+                   scale_range:tuple=(0.6, 1.5), # labelled-box heights tried, per detected height
                    n_scales:int=37, # how many heights, evenly spaced over `scale_range`
                    height:int=80, # both crops are compared at this height (aspect kept)
-                   pad:float=0.25, # the labelled box may stick out of the detected one by this fraction
+                   pad:float=0.25, # the labelled box may stick out of the detected by this fraction
                   ) -> tuple[np.ndarray, float]:
-    "The labelled box in the detected crop, (x0, y0, x1, y1) as fractions of it, and the match's normalised correlation."
-    from scipy.signal import fftconvolve
-    D = _grey(detected, height); L = _grey(labelled, height)
+    "The labelled box in the detected crop, (x0, y0, x1, y1) as its fractions, and the match's NCC."
+    D, L = _grey(detected, height), _grey(labelled, height)
     py, px = round(pad * D.shape[0]), round(pad * D.shape[1])
     I = np.pad(D, ((py, py), (px, px)), mode='edge')
     best = (-2.0, None)
     for s in np.linspace(*scale_range, n_scales):
-        h = max(8, round(s * height)); w = max(4, round(L.shape[1] * h / L.shape[0]))
+        h = max(8, round(s * height))
+        w = max(4, round(L.shape[1] * h / L.shape[0]))
         if h > I.shape[0] or w > I.shape[1]: continue
         T = np.asarray(Image.fromarray(L).resize((w, h), Image.BILINEAR), np.float64)
-        T = T - T.mean(); tn = np.sqrt((T ** 2).sum())
-        if tn == 0: continue
-        num = fftconvolve(I, T[::-1, ::-1], mode='valid')
-        c1 = np.pad(I, ((1, 0), (1, 0))).cumsum(0).cumsum(1); c2 = np.pad(I ** 2, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-        win = lambda c: c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
-        var = np.maximum(win(c2) - win(c1) ** 2 / (h * w), 1e-9)
-        ncc = num / (tn * np.sqrt(var))
+        T = T - T.mean()
+        if not T.any(): continue
+        ncc = _ncc(I, T)
         y, x = np.unravel_index(np.argmax(ncc), ncc.shape)
         if ncc[y, x] > best[0]:
             x0, y0 = (x - px) / D.shape[1], (y - py) / D.shape[0]
@@ -156,39 +172,49 @@ def register_boxes(labelled:str|Path, # the hand-drawn box of a frame
 
 # %% ../nbs/15_realdata.ipynb #8118a074
 def register_pairs(pairs:list, # from `frame_pairs`
-                   cache:str|Path|None=None, # a JSON file that keeps the registrations (they take ~40 ms a frame)
+                   cache:str|Path|None=None, # a JSON file keeping the registrations (~40 ms each)
                    progress:bool=False, # a progress bar
                   ) -> dict:
-    "`register_boxes` for every frame: {cell: (box of the labelled crop in the detected crop's fractions, correlation)}."
+    "`register_boxes` of every frame: {cell: (labelled box in the detected crop's fractions, NCC)}."
     cache = Path(cache) if cache else None
     done = json.loads(cache.read_text()) if cache and cache.exists() else {}
     for c, l, d, _ in tqdm(pairs, disable=not progress, desc='registering'):
-        if c not in done: b, q = register_boxes(l, d); done[c] = [[round(float(v), 4) for v in b], round(q, 4)]
-    if cache: cache.parent.mkdir(parents=True, exist_ok=True); cache.write_text(json.dumps(done))
+        if c in done: continue
+        b, q = register_boxes(l, d)
+        done[c] = [[round(float(v), 4) for v in b], round(q, 4)]
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(done))
     return {c: done[c] for c, *_ in pairs}
 
 # %% ../nbs/15_realdata.ipynb #a8870448
-def _centres(boxes): return (boxes[..., 1] + boxes[..., 3]) / 2, (boxes[..., 0] + boxes[..., 2]) / 2  # (…, T) y and x
+def _centres(boxes):  # (..., T) y and x of the boxes' centres
+    return (boxes[..., 1] + boxes[..., 3]) / 2, (boxes[..., 0] + boxes[..., 2]) / 2
+
+def _slope(moved, expected):  # least-squares slope of `moved` against `expected` (through 0)
+    return float((moved * expected).sum() / max((expected ** 2).sum(), 1e-12))
 
 def region_tracking(model:torch.nn.Module, # a HACNN in eval mode (with learned regions)
                     pairs:list, # from `frame_pairs`
                     reg:dict, # from `register_pairs`
                     min_corr:float=0.8, # frames whose two crops match less well are left out
-                    height:int=160, width:int=64, # the network's input size
+                    spec:InputSpec|None=None, # input size and normalisation (default: the model's)
                    ) -> dict:
-    "Do the hard regions follow the person from the labelled to the detected box? Per level: their move against the person's."
-    keep = [p for p in pairs if reg[p[0]][1] >= min_corr]
-    x = lambda k: torch.cat([prepare_image(p[k], height, width)[0] for p in keep])
+    "Do the hard regions follow the person from the labelled to the detected box? Slopes per level."
+    keep, spec = [p for p in pairs if reg[p[0]][1] >= min_corr], _spec(model, spec)
+    x = lambda k: torch.cat([prepare_image(p[k], spec)[0] for p in keep])
     with torch.no_grad(): ml, md = model.attention_maps(x(1)), model.attention_maps(x(2))
-    box = np.array([reg[p[0]][0] for p in keep])                                  # (n, 4) labelled box in detected fractions
+    box = np.array([reg[p[0]][0] for p in keep])         # (n, 4) labelled box, detected fractions
     out = dict(n=len(keep), n_all=len(pairs), levels=[])
     for lv_l, lv_d in zip(ml, md):
-        (yl, xl), (yd, xd) = _centres(lv_l['boxes'].numpy()), _centres(lv_d['boxes'].numpy())   # (n, T)
+        (yl, xl), (yd, xd) = (_centres(lv['boxes'].numpy()) for lv in (lv_l, lv_d))  # (n, T)
         # where a region that stayed on the same body part would be in the detected crop
-        ye = box[:, 1:2] + (box[:, 3:4] - box[:, 1:2]) * yl; xe = box[:, 0:1] + (box[:, 2:3] - box[:, 0:1]) * xl
-        slope = lambda moved, expected: float((moved * expected).sum() / max((expected ** 2).sum(), 1e-12))
-        out['levels'].append(dict(slope_y=slope(yd - yl, ye - yl), slope_x=slope(xd - xl, xe - xl),
-                                  person_shift_y=float(np.abs(ye - yl).mean()), region_shift_y=float(np.abs(yd - yl).mean()),
+        ye = box[:, 1:2] + (box[:, 3:4] - box[:, 1:2]) * yl
+        xe = box[:, 0:1] + (box[:, 2:3] - box[:, 0:1]) * xl
+        out['levels'].append(dict(slope_y=_slope(yd - yl, ye - yl),
+                                  slope_x=_slope(xd - xl, xe - xl),
+                                  person_shift_y=float(np.abs(ye - yl).mean()),
+                                  region_shift_y=float(np.abs(yd - yl).mean()),
                                   theta_spread_y=float(yl.std(0).mean())))
     return out
 
@@ -197,61 +223,71 @@ def plot_pair_regions(model:torch.nn.Module, # a HACNN in eval mode
                       pairs:list, # frames from `frame_pairs`
                       reg:dict, # from `register_pairs`
                       level:int=2, # which HA level's regions to draw (0, 1, 2)
-                      height:int=160, width:int=64, # the network's input size
+                      spec:InputSpec|None=None, # input size, normalisation (default: the model's)
                      ):
-    "Each frame's labelled and detected crop with their hard regions; dashed: the labelled box in the detected crop."
+    "A frame's two crops with their regions; dashed: the registered labelled box."
     from matplotlib.patches import Rectangle
     from hacnn_nbdev.viz import draw_regions, box_to_pixels
+    spec = _spec(model, spec)
+    H, W = spec.height, spec.width
     fig, axs = plt.subplots(1, 2 * len(pairs), figsize=(1.1 * 2 * len(pairs), 2.6), squeeze=False)
     for j, (c, l, d, _) in enumerate(pairs):
         for k, path in enumerate((l, d)):
-            x, pic = prepare_image(path, height, width)
+            x, pic = prepare_image(path, spec)
             with torch.no_grad(): boxes = model.attention_maps(x)[level]['boxes'][0].numpy()
-            ax = axs[0, 2 * j + k]; ax.imshow(pic); draw_regions(ax, boxes, height, width, lw=1.5)
+            ax = axs[0, 2 * j + k]
+            ax.imshow(pic)
+            draw_regions(ax, boxes, H, W, lw=1.5)
             if k == 1:
-                l0, t0, w0, h0 = box_to_pixels(reg[c][0], height, width)
+                l0, t0, w0, h0 = box_to_pixels(reg[c][0], H, W)
                 ax.add_patch(Rectangle((l0, t0), w0, h0, fill=False, ec='white', ls='--', lw=1.2))
-            ax.set_xlim(-0.5, width - 0.5); ax.set_ylim(height - 0.5, -0.5); ax.set_axis_off()
+            ax.set_xlim(-0.5, W - 0.5)
+            ax.set_ylim(H - 0.5, -0.5)
+            ax.set_axis_off()
             ax.set_title(('labelled', 'detected')[k], fontsize=8)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/15_realdata.ipynb #8a6065bd
-def _ha_inputs(model, paths, level, height, width, batch=128):
-    "The tensor the level's HA module sees (its input, the level's Inception output) for every image: (N, c, h, w)."
+def _ha_inputs(model, paths, level, spec, batch=128):
+    "What the level's HA module sees (the level's Inception output) for every image: (N, c, h, w)."
     got, out = [], []
     h = model.ha[level].register_forward_pre_hook(lambda m, a: got.append(a[0].detach()))
     try:
         for s in range(0, len(paths), batch):
-            x = torch.cat([prepare_image(p, height, width)[0] for p in paths[s:s + batch]])
+            x = torch.cat([prepare_image(p, spec)[0] for p in paths[s:s + batch]])
             with torch.no_grad(): model.eval()(x)
-            out.append(got.pop(0)); got.clear()
+            out.append(got.pop(0))
+            got.clear()
     finally: h.remove()
     return torch.cat(out).float().numpy()
 
 def _ridge_r2(X, Y, groups, alpha=10.0, folds=5):
-    "Cross-validated R² of a ridge regression X → Y (penalty `alpha` × samples), folds by `groups`, mean over Y's columns."
-    uniq = np.unique(groups); fold = {g: i % folds for i, g in enumerate(np.random.default_rng(0).permutation(uniq))}
-    f = np.array([fold[g] for g in groups]); pred = np.zeros_like(Y)
+    "Cross-validated R² of a ridge regression X → Y (penalty `alpha` × samples), folds by `groups`."
+    uniq = np.unique(groups)
+    fold = {g: i % folds for i, g in enumerate(np.random.default_rng(0).permutation(uniq))}
+    f, pred = np.array([fold[g] for g in groups]), np.zeros_like(Y)
     for k in range(folds):
         tr, te = f != k, f == k
-        mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6; A = (X[tr] - mu) / sd; ym = Y[tr].mean(0)
+        mu, sd, ym = X[tr].mean(0), X[tr].std(0) + 1e-6, Y[tr].mean(0)
+        A = (X[tr] - mu) / sd
         W = np.linalg.solve(A.T @ A + alpha * len(A) * np.eye(A.shape[1]), A.T @ (Y[tr] - ym))
         pred[te] = (X[te] - mu) / sd @ W + ym
-    return float(np.mean(1 - ((Y - pred) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0)))
+    r2 = 1 - ((Y - pred) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0)  # per column of Y
+    return float(np.mean(r2))
 
 def position_probe(model:torch.nn.Module, # a HACNN (any attention setting)
                    pairs:list, # from `frame_pairs`
                    reg:dict, # from `register_pairs`
                    level:int=0, # which HA module's input to read (0, 1, 2)
                    min_corr:float=0.8, # frames whose two crops match less well are left out
-                   alphas:tuple=(1e-3, 1e-2, 1e-1, 1.0), # ridge penalties tried (× samples); the best counts
-                   height:int=160, width:int=64, # the network's input size
+                   alphas:tuple=(1e-3, 1e-2, 1e-1, 1.0), # ridge penalties (× samples); best counts
+                   spec:InputSpec|None=None, # input size and normalisation (default: the model's)
                   ) -> dict:
-    "Cross-validated R² of a linear read-out of the person's place in a detected crop: from the pooled vector Eq. 5 sees, and from rows."
+    "Cross-validated R² of a linear read-out of where the person is in a detected crop."
     keep = [p for p in pairs if reg[p[0]][1] >= min_corr]
-    y = _ha_inputs(model, [p[2] for p in keep], level, height, width)               # (n, c, h, w)
-    Y = np.array([[reg[p[0]][0][1], reg[p[0]][0][3]] for p in keep])              # top and bottom of the person's box
+    y = _ha_inputs(model, [p[2] for p in keep], level, _spec(model, spec))          # (n, c, h, w)
+    Y = np.array([[reg[p[0]][0][1], reg[p[0]][0][3]] for p in keep])  # the person's top and bottom
     g = np.array([p[3] for p in keep])
     best = lambda X: max(_ridge_r2(X, Y, g, a) for a in alphas)
     return dict(n=len(keep), level=level, shape=list(y.shape[1:]), pooled=best(y.mean((2, 3))),
@@ -259,73 +295,89 @@ def position_probe(model:torch.nn.Module, # a HACNN (any attention setting)
 
 # %% ../nbs/15_realdata.ipynb #a9d04a71
 DATA_NAMES = {'labeled': 'CUHK03-NP (camera pair 1), labelled boxes',
-              'detected': 'CUHK03-NP (camera pair 1), detected boxes', 'cuhk01': 'CUHK01 (485/486, single-shot)'}
+              'detected': 'CUHK03-NP (camera pair 1), detected boxes',
+              'cuhk01': 'CUHK01 (485/486, single-shot)'}
 _KEYS = ('rank1', 'mAP', 'mINP')
 
-def _pm(v:list, digits:int=1) -> str:
-    "Mean ± sample standard deviation (the mean alone for one value)."
-    return f"{np.mean(v):.{digits}f}" + (f" ± {np.std(v, ddof=1):.{digits}f}" if len(v) > 1 else '')
+def _runs(res, d, m):
+    rs = (r for r in res['runs'].values() if (r['data'], r['model']) == (d, m))
+    return sorted(rs, key=lambda r: r['seed'])
 
-def _runs(res, d, m): return sorted((r for r in res['runs'].values() if (r['data'], r['model']) == (d, m)),
-                                    key=lambda r: r['seed'])
-def _row(data, label, n, recs, key=None):  # one table row: mean ± sd (%) of rank-1, mAP, mINP over `recs`
-    vals = ' | '.join(_pm([100 * (r[key] if key else r)[k] for r in recs]) for k in _KEYS)
+def _row(data, label, n, recs, key=None):  # a row: mean ± sd (%) of rank-1, mAP, mINP of `recs`
+    vals = ' | '.join(pm([100 * (r[key] if key else r)[k] for r in recs], ddof=1) for k in _KEYS)
     return f"| {data} | {label} | {n} | {vals} |"
 
+def ha_gains(res:dict, # what benchmarks/realdata.py writes
+             data:str, # a key of DATA_NAMES
+            ) -> list: # per seed: dict(seed, rank1, mAP, mINP) in points
+    "HA-CNN minus no attention on `data`, seed by seed (`12_experiments`' `paired_gains`)."
+    return paired_gains(_runs(res, data, 'ha'), _runs(res, data, 'none'), _KEYS)
+
+# %% ../nbs/15_realdata.ipynb #b7450254
 def scores_table(res:dict, # what benchmarks/realdata.py writes
                 ) -> Md:
-    "rank-1 / mAP / mINP (%, mean ± sd over seeds) of HA-CNN, no attention, the untrained network and colour histograms."
+    "rank-1 / mAP / mINP (%, mean ± sd): HA-CNN, no attention, untrained, colour histograms."
     rows = ['| data | network | seeds | rank-1 | mAP | mINP |', '|---|---|---|---|---|---|']
+    nets = lambda ha, no: (('HA-CNN', ha), ('no attention (Table 5)', no))
     for d, name in DATA_NAMES.items():
         ha, no = _runs(res, d, 'ha'), _runs(res, d, 'none')
         if not ha: continue
-        for label, rs in (('HA-CNN', ha), ('no attention (Table 5)', no)):
-            if rs: rows.append(_row(name, label, len(rs), rs))
+        rows += [_row(name, label, len(rs), rs) for label, rs in nets(ha, no) if rs]
         rows.append(_row(name, 'HA-CNN untrained', len(ha), ha, 'untrained'))
-        h = res['baselines'][d]; h = h if isinstance(h, list) else [h]
+        h = res['baselines'][d]
+        h = h if isinstance(h, list) else [h]
         rows.append(_row(name, 'colour histograms', f'{len(h)} split(s)', h))
-        multi = name.replace('single', 'multi')  # CUHK01: the same networks, both images of each camera
-        for label, rs in (('HA-CNN', ha), ('no attention (Table 5)', no)):
-            if any('multi_shot' in r for r in rs): rows.append(_row(multi, label, len(rs), rs, 'multi_shot'))
+        multi = name.replace('single', 'multi')  # CUHK01: the same networks, both images per camera
+        rows += [_row(multi, label, len(rs), rs, 'multi_shot') for label, rs in nets(ha, no)
+                 if any('multi_shot' in r for r in rs)]
         if any('multi_shot' in r for r in ha) and 'cuhk01_multi_shot' in res['baselines']:
-            h = res['baselines']['cuhk01_multi_shot']; rows.append(_row(multi, 'colour histograms', f'{len(h)} split(s)', h))
+            h = res['baselines']['cuhk01_multi_shot']
+            rows.append(_row(multi, 'colour histograms', f'{len(h)} split(s)', h))
     return Md('\n'.join(rows))
 
 def gain_table(res:dict, # what benchmarks/realdata.py writes
               ) -> Md:
     "HA-CNN minus no attention, in points, seed by seed, with the mean ± sd."
-    rows = ['| data | ' + ' | '.join(f'seed {s}' for s in range(3)) + ' | mean ± sd |', '|---|---|---|---|---|']
-    for d, name in DATA_NAMES.items():
-        pairs = [(h, n) for h in _runs(res, d, 'ha') for n in _runs(res, d, 'none') if h['seed'] == n['seed']]
-        if not pairs: continue
-        diff = {k: [100 * (h[k] - n[k]) for h, n in pairs] for k in _KEYS}
-        cells = [' / '.join(f"{diff[k][i]:+.1f}" for k in _KEYS) for i in range(len(pairs))] + [''] * (3 - len(pairs))
-        rows.append(f"| {name} | " + ' | '.join(cells) + ' | ' + ' / '.join(_pm(diff[k]) for k in _KEYS) + ' |')
-    return Md('\n'.join(rows) + '\n\n(each cell: rank-1 / mAP / mINP, HA-CNN minus no attention, in points)')
+    gains = {d: ha_gains(res, d) for d in DATA_NAMES}
+    n = max(len(g) for g in gains.values())
+    rows = ['| data | ' + ' | '.join(f'seed {s}' for s in range(n)) + ' | mean ± sd |',
+            '|---' * (n + 2) + '|']
+    for d, gs in gains.items():
+        if not gs: continue
+        cells = [' / '.join(f"{g[k]:+.1f}" for k in _KEYS) for g in gs] + [''] * (n - len(gs))
+        mean = ' / '.join(pm([g[k] for g in gs], ddof=1) for k in _KEYS)
+        rows.append(f"| {DATA_NAMES[d]} | " + ' | '.join(cells) + f" | {mean} |")
+    note = '(each cell: rank-1 / mAP / mINP, HA-CNN minus no attention, in points)'
+    return Md('\n'.join(rows) + '\n\n' + note)
 
 # %% ../nbs/15_realdata.ipynb #001f73a9
 def pairs_table(res:dict, # what benchmarks/realdata.py writes
                ) -> Md:
-    "The frame-pair test per network: labelled box as query, detected boxes as gallery (mean over seeds)."
-    rows = ['| trained on | network | seeds | own detected box ranked 1st (%) | median rank | mean rank | distance ratio |',
-            '|---|---|---|---|---|---|---|']
+    "The frame-pair test per network: labelled box as query, detected boxes as gallery."
+    rows = ['| trained on | network | seeds | own detected box ranked 1st (%) | median rank '
+            '| mean rank '
+            '| distance ratio |', '|---|---|---|---|---|---|---|']
     for d in ('labeled', 'detected'):
         for m, label in (('ha', 'HA-CNN'), ('none', 'no attention')):
             rs = [r['pairs'] for r in _runs(res, d, m) if 'pairs' in r]
-            if rs: rows.append(f"| {d} boxes | {label} | {len(rs)} | {_pm([100 * p['top1'] for p in rs])} | "
-                               f"{np.mean([p['median_rank'] for p in rs]):.1f} | {np.mean([p['mean_rank'] for p in rs]):.1f} | "
-                               f"{np.mean([p['ratio'] for p in rs]):.2f} |")
+            mean = lambda k: np.mean([p[k] for p in rs])
+            top1 = pm([100 * p['top1'] for p in rs], ddof=1) if rs else ''
+            if rs: rows.append(f"| {d} boxes | {label} | {len(rs)} | {top1} "
+                               f"| {mean('median_rank'):.1f} | {mean('mean_rank'):.1f} "
+                               f"| {mean('ratio'):.2f} |")
     return Md('\n'.join(rows))
 
 def tracking_table(res:dict, # what benchmarks/realdata.py writes
                   ) -> Md:
-    "Per HA level: how far the person moved between a frame's two crops, how far the regions moved, and the slope."
-    rows = ['| trained on | level | person moved (y, mean) | regions moved (y, mean) | slope y (1 = follow) | slope x |',
-            '|---|---|---|---|---|---|']
+    "Per HA level: how far the person moved between a frame's two crops, how far the regions did."
+    rows = ['| trained on | level | person moved (y, mean) | regions moved (y, mean) '
+            '| slope y (1 = follow) '
+            '| slope x |', '|---|---|---|---|---|---|']
     for d in ('labeled', 'detected'):
         rs = [r['tracking'] for r in _runs(res, d, 'ha') if 'tracking' in r]
         for l in range(len(rs[0]['levels']) if rs else 0):
             v = lambda k: [t['levels'][l][k] for t in rs]
-            rows.append(f"| {d} boxes | {l + 1} | {np.mean(v('person_shift_y')):.3f} | {np.mean(v('region_shift_y')):.3f} | "
-                        f"{_pm(v('slope_y'), 2)} | {_pm(v('slope_x'), 2)} |")
+            rows.append(f"| {d} boxes | {l + 1} | {np.mean(v('person_shift_y')):.3f} "
+                        f"| {np.mean(v('region_shift_y')):.3f} | {pm(v('slope_y'), 2, ddof=1)} "
+                        f"| {pm(v('slope_x'), 2, ddof=1)} |")
     return Md('\n'.join(rows))

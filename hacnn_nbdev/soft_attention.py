@@ -15,7 +15,7 @@ __all__ = ['SpatialAttention', 'channel_squeeze', 'ChannelAttention', 'SoftAtten
 
 # %% ../nbs/02_soft_attention.ipynb #597f5546
 class SpatialAttention(nn.Module):
-    "Spatial attention S (Sec. 3.1 (I.1), Eq. 2, Fig. 3b): channel mean → 3×3/s2 conv → bilinear resize → 1×1 scale."
+    "Spatial attention S (Sec. 3.1 (I.1), Eq. 2, Fig. 3b): channel mean → 3×3/s2 → resize → 1×1."
     def __init__(self):
         super().__init__()
         self.conv = ConvBlock(1, 1, 3, s=2)   # 9 weights (+ BN's γ, β)
@@ -37,17 +37,18 @@ def channel_squeeze(x:torch.Tensor, # (N, c, h, w) feature map
 
 # %% ../nbs/02_soft_attention.ipynb #3ef26d73
 class ChannelAttention(nn.Module):
-    "Channel attention C (Sec. 3.1 (I.2), Eq. 3–4, Fig. 3c): squeeze → 1×1 conv c→c/r → 1×1 conv c/r→c."
+    "Channel attention C (Sec. 3.1 (I.2), Eq. 3–4, Fig. 3c): squeeze → 1×1 c→c/r → 1×1 c/r→c."
     def __init__(self,
                  c:int,      # channels of the attended feature map
                  r:int=16,   # bottleneck reduction rate (the paper's r = 16)
                 ):
         super().__init__()
         m = max(c // r, 1)
-        self.excite = nn.Sequential(ConvBlock(c, m, 1), ConvBlock(m, c, 1))  # W1, W2 of Eq. 4 (+BN, ReLU)
+        # W1, W2 of Eq. 4 (each + BN, ReLU)
+        self.excite = nn.Sequential(ConvBlock(c, m, 1), ConvBlock(m, c, 1))
 
     def forward(self, x:torch.Tensor, # (N, c, h, w) feature map
-                squeeze:torch.Tensor|None=None, # precomputed Eq. 3 vector (N, c); computed from `x` if `None`
+                squeeze:torch.Tensor|None=None, # precomputed Eq. 3 vector (N, c); `None`: from `x`
                ) -> torch.Tensor: # (N, c, 1, 1) channel map C, values >= 0
         "Eq. 3 (squeeze) and Eq. 4 (excitation)."
         z = channel_squeeze(x) if squeeze is None else squeeze
@@ -55,7 +56,7 @@ class ChannelAttention(nn.Module):
 
 # %% ../nbs/02_soft_attention.ipynb #4fc021b8
 class SoftAttention(nn.Module):
-    "Soft attention A = σ(blend(S × C)) in [0.5, 1] (Sec. 3.1 (I), Eq. 1, Fig. 3a), with switches for Table 5."
+    "Soft attention A = σ(blend(S×C)) ∈ [0.5, 1] (Sec. 3.1 (I), Eq. 1, Fig. 3a; Table 5 switches)."
     def __init__(self,
                  c:int,        # channels of the attended feature map
                  r:int=16,     # channel-attention reduction rate
@@ -79,9 +80,10 @@ def parts(self:SoftAttention, x:torch.Tensor, # (N, c, h, w) feature map
     S = self.spatial(x) if self.spatial is not None else None
     C = self.channel(x, squeeze) if self.channel is not None else None
     if not self.enabled: return S, C, x.new_ones(()).expand_as(x)   # no soft attention: A = 1
-    prod = S * C if (S is not None and C is not None) else (S if C is None else C)  # Eq. 1, broadcast
-    if prod.shape[1] == 1: prod = prod.expand(-1, x.shape[1], -1, -1)  # spatial only: same map for all c
-    A = torch.sigmoid(self.blend(prod))   # blend ends in BN+ReLU, so its output is >= 0 and σ(·) ∈ [0.5, 1)
+    prod = S if C is None else (C if S is None else S * C)   # Eq. 1, S × C broadcast
+    if prod.shape[1] == 1:                                   # spatial only: same map for all c
+        prod = prod.expand(-1, x.shape[1], -1, -1)
+    A = torch.sigmoid(self.blend(prod))   # blend ends in BN+ReLU: output >= 0, so σ(·) ∈ [0.5, 1)
     return S, C, A.expand_as(x)           # channel only: A is (N,c,1,1), shared by all pixels
 
 # %% ../nbs/02_soft_attention.ipynb #95dfc980

@@ -4,39 +4,37 @@
 
 # %% ../nbs/07_synthetic.ipynb #978634c8
 from __future__ import annotations
-import os, re, sys, time, json, math, numbers, hashlib
+import json, math, numbers, os, re, time
 from pathlib import Path
 import numpy as np
-from PIL import Image, ImageFilter
-from fastcore.script import call_parse, store_true
-from .data import SyntheticWorld, stats_table
+from PIL import Image
+from fastcore.script import store_true
+from .cli import UsageError, run_command
+from .data import OptionError, SyntheticWorld, stats_table
+from .render import HAIR, PALETTE, SKIN, VIEWS, render
 
 # %% auto #0
-__all__ = ['PALETTE', 'SKIN', 'HAIR', 'SIBLING_DETAILS', 'VIEWS', 'SPLIT_DIRS', 'GENERATOR', 'MARKER', 'CSV_HEADER',
-           'sample_identity', 'make_sibling', 'sample_camera', 'sample_detection', 'render', 'OptionError',
-           'plan_world', 'sample_passer_by', 'passers_by', 'render_image', 'detection', 'UnusableRootError',
-           'make_world', 'colour_histograms', 'histogram_distances', 'synth_cli']
-
-# %% ../nbs/07_synthetic.ipynb #718b5c67
-PALETTE = np.array([[20, 20, 22], [235, 235, 230], [128, 128, 128], [30, 40, 90], [40, 90, 190], [120, 170, 225],
-                    [200, 30, 35], [110, 20, 30], [40, 130, 60], [100, 110, 40], [230, 200, 40], [235, 120, 30],
-                    [230, 140, 170], [110, 50, 140], [110, 70, 40], [200, 180, 140]], np.float32) / 255
-SKIN = np.array([[245, 205, 175], [225, 175, 140], [190, 140, 100], [140, 95, 65], [95, 65, 45]], np.float32) / 255
-HAIR = np.array([[15, 12, 10], [60, 40, 25], [110, 75, 40], [215, 185, 120], [160, 160, 155], [150, 60, 30]], np.float32) / 255
+__all__ = ['SIBLING_DETAILS', 'SPLIT_DIRS', 'GENERATOR', 'MARKER', 'CSV_HEADER', 'sample_identity', 'make_sibling',
+           'sample_camera', 'sample_detection', 'plan_world', 'sample_passer_by', 'passers_by', 'render_image',
+           'detection', 'UnusableRootError', 'make_world', 'synth_cli', 'synth_main']
 
 # %% ../nbs/07_synthetic.ipynb #e35e9ef3
 def sample_identity(rng:np.random.Generator, # the identity's own random generator
                    ) -> dict:
     "A random person: palette indices, styles and body proportions."
     i = lambda n: int(rng.integers(n))
-    return dict(skin=i(len(SKIN)), hair=i(len(HAIR)), hair_style=int(rng.choice(3, p=[.5, .3, .2])), cap=i(16),
-                upper=i(16), upper2=i(16), upper_pat=int(rng.choice(5, p=[.35, .2, .15, .15, .15])),
+    return dict(skin=i(len(SKIN)), hair=i(len(HAIR)), hair_style=int(rng.choice(3, p=[.5, .3, .2])),
+                cap=i(16), upper=i(16), upper2=i(16),
+                upper_pat=int(rng.choice(5, p=[.35, .2, .15, .15, .15])),
                 period=float(rng.uniform(.035, .06)), sleeves=i(2), lower=i(16), lower2=i(16),
-                lower_type=int(rng.choice(3, p=[.6, .25, .15])), lower_pat=int(rng.choice(2, p=[.8, .2])),
-                shoes=i(16), logo=int(rng.choice(4, p=[.4, .2, .2, .2])), logo_col=i(16), logo_x=float(rng.uniform(-.04, .04)),
-                bag=int(rng.choice(3, p=[.45, .3, .25])), bag_col=i(16), bag_side=int(rng.choice([-1, 1])),
-                width=float(rng.uniform(.85, 1.2)), head=float(rng.uniform(.9, 1.12)), legs=float(rng.uniform(.45, .52)),
-                tint=rng.normal(0, .03, 3).round(4).tolist())  # a small personal shift of every clothing colour
+                lower_type=int(rng.choice(3, p=[.6, .25, .15])),
+                lower_pat=int(rng.choice(2, p=[.8, .2])), shoes=i(16),
+                logo=int(rng.choice(4, p=[.4, .2, .2, .2])), logo_col=i(16),
+                logo_x=float(rng.uniform(-.04, .04)), bag=int(rng.choice(3, p=[.45, .3, .25])),
+                bag_col=i(16), bag_side=int(rng.choice([-1, 1])),
+                width=float(rng.uniform(.85, 1.2)), head=float(rng.uniform(.9, 1.12)),
+                legs=float(rng.uniform(.45, .52)),
+                tint=rng.normal(0, .03, 3).round(4).tolist())  # shifts all clothing colours
 
 # %% ../nbs/07_synthetic.ipynb #9baf79b6
 SIBLING_DETAILS = ('logo', 'bag', 'shoes', 'hair')
@@ -58,8 +56,6 @@ def make_sibling(ident:dict, # the identity to copy
     return s, detail
 
 # %% ../nbs/07_synthetic.ipynb #b5be7775
-VIEWS = ('front', 'back', 'left', 'right')
-
 def sample_camera(rng:np.random.Generator, # the camera's random generator
                   noise:float=1.0, # scale of sensor noise
                   blur:float=1.0, # scale of optical blur
@@ -67,191 +63,40 @@ def sample_camera(rng:np.random.Generator, # the camera's random generator
                  ) -> dict:
     "A random camera: scene, light, optics, sensor and viewpoint mix."
     views = rng.dirichlet([.7, .7, .5, .5])
-    return dict(walls=(PALETTE[rng.integers(16, size=3)] * .5 + .3).tolist(), floors=(PALETTE[rng.integers(16, size=2)] * .4 + .25).tolist(),
+    return dict(walls=(PALETTE[rng.integers(16, size=3)] * .5 + .3).tolist(),
+                floors=(PALETTE[rng.integers(16, size=2)] * .4 + .25).tolist(),
                 horizon=float(rng.uniform(.55, .8)), panel=float(rng.uniform(3, 9)),
-                gain=float(1 + cast * rng.uniform(-.21, .15)), gamma=float(1 + cast * rng.uniform(-.12, .15)),
-                colour=(1 + cast * np.clip(rng.normal(0, .072, 3), -.18, .18)).tolist(), gradient=float(cast * rng.uniform(-.18, .18)),
-                blur=float(blur * rng.uniform(0, 1.0)), noise=float(noise * rng.uniform(.01, .035)), views=views.tolist())
+                gain=float(1 + cast * rng.uniform(-.21, .15)),
+                gamma=float(1 + cast * rng.uniform(-.12, .15)),
+                colour=(1 + cast * np.clip(rng.normal(0, .072, 3), -.18, .18)).tolist(),
+                gradient=float(cast * rng.uniform(-.18, .18)),
+                blur=float(blur * rng.uniform(0, 1.0)), noise=float(noise * rng.uniform(.01, .035)),
+                views=views.tolist())
 
 # %% ../nbs/07_synthetic.ipynb #0752329d
-def _plain(d:dict) -> dict: return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}  # JSON-ready
+def _plain(d:dict) -> dict:
+    "`d` with NumPy floats as Python floats (JSON-ready)."
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()}
 
 def sample_detection(rng:np.random.Generator, # the image's detection generator
                      jitter:float=1.0, # misalignment level: 0 = perfect boxes
                      occlusion:float=0.1, # probability of a partial occlusion
                     ) -> dict:
     "Where the box lies around the person (fractions of the box), truncation and occlusion."
-    z, stride, (u_trunc, u_occ) = rng.normal(0, 1, 3), rng.uniform(-1, 1), rng.random(2)  # every draw is made, whatever
-    kind, amount, sgn = int(rng.integers(3)), rng.random(), float(rng.choice([-1, 1]))  # the knobs, so that worlds differing
-    occ, extent, occ_col = int(rng.integers(3)), rng.uniform(.2, .45), int(rng.integers(16))  # only in `jitter` share them
-    d = dict(top=.04 + jitter * .035 * z[0], cx=.5 + jitter * .06 * z[1], scale=.9 * np.exp(jitter * .08 * z[2]),
-             trunc='none', occ='none', stride=stride)
-    if u_trunc < min(.5, .12 * jitter):                      # monotone: truncated at j ⇒ truncated at every j' > j
+    # every draw is made, whatever the knobs, so that worlds differing only in `jitter` share them
+    z, stride, (u_trunc, u_occ) = rng.normal(0, 1, 3), rng.uniform(-1, 1), rng.random(2)
+    kind, amount, sgn = int(rng.integers(3)), rng.random(), float(rng.choice([-1, 1]))
+    occ, extent, occ_col = int(rng.integers(3)), rng.uniform(.2, .45), int(rng.integers(16))
+    d = dict(top=.04 + jitter * .035 * z[0], cx=.5 + jitter * .06 * z[1],
+             scale=.9 * np.exp(jitter * .08 * z[2]), trunc='none', occ='none', stride=stride)
+    if u_trunc < min(.5, .12 * jitter):  # monotone: truncated at j ⇒ truncated at every j' > j
         d['trunc'] = ('feet', 'head', 'side')[kind]
         if kind == 0: d['scale'] *= 1.15 + .3 * amount
         elif kind == 1: d['top'] -= .08 + .12 * amount
         else: d['cx'] += sgn * (.18 + .12 * amount)
-    if u_occ < occlusion: d.update(occ=('bottom', 'left', 'right')[occ], occ_extent=extent, occ_col=occ_col)
+    if u_occ < occlusion:
+        d.update(occ=('bottom', 'left', 'right')[occ], occ_extent=extent, occ_col=occ_col)
     return _plain(d)
-
-# %% ../nbs/07_synthetic.ipynb #ff9241af
-def _col(k:int, tint) -> np.ndarray: return np.clip(PALETTE[k] + np.asarray(tint, np.float32), 0, 1)
-
-def _paint(img, mask, colour, pattern=None, colour2=None):
-    "Paint `colour` (or `colour2` where `pattern`) into `img` under `mask`."
-    if pattern is None: img[mask] = colour
-    else: img[mask] = np.where(pattern[mask][:, None], colour2, colour)
-
-def _pattern(kind:int, y, x, y0:float, period:float):
-    "Pattern masks: 0 plain, 1 horizontal stripes, 2 vertical stripes, 3 two-tone, 4 checks."
-    if kind == 0: return None
-    h, v = ((y - y0) / period) % 1 < .5, (x / (period * .8)) % 1 < .5
-    m = {1: h, 2: v, 3: y - y0 < .11, 4: h ^ v}[kind]
-    return np.broadcast_to(m, np.broadcast_shapes(y.shape, x.shape))
-
-# %% ../nbs/07_synthetic.ipynb #67f04c3b
-def _background(cam:dict, v, u, rng, clutter:float):
-    "The camera's scene behind the person: a panelled wall, a tiled floor and clutter objects."
-    H, W = v.shape[0], u.shape[1]
-    scene = rng.uniform(0, 50) + u * .6                                     # where along the scene this box lies
-    img = np.empty((H, W, 3), np.float32); img[:] = np.asarray(cam['walls'], np.float32)[(scene // 2.3 % 3).astype(int)]  # 3 wall colours
-    img[np.broadcast_to((scene * cam['panel']) % 1 < .08, (H, W))] *= .75   # panel seams
-    floor = np.broadcast_to(v > cam['horizon'], (H, W)); img[floor] = cam['floors'][int(rng.integers(2))]
-    img[floor & (((v - cam['horizon']) * 14 / (v + .2)) % 1 < .12)] *= .85    # tiles
-    for _ in range(rng.poisson(3 * clutter)):                               # boxes, bins, signs, poles
-        y0, x0 = rng.uniform(-.1, 1), rng.uniform(-.2, 1)
-        h, w = (rng.uniform(.3, 1), rng.uniform(.03, .08)) if rng.random() < .3 else (rng.uniform(.05, .35), rng.uniform(.1, .5))
-        img[(v > y0) & (v < y0 + h) & (u > x0) & (u < x0 + w)] = PALETTE[rng.integers(16)] * rng.uniform(.6, 1)
-    return img
-
-# %% ../nbs/07_synthetic.ipynb #a9d4b68a
-def _geometry(p:dict) -> dict:
-    "Key heights and widths of a person (units of body height)."
-    ry = .062 * p['head']; ys = 2 * ry + .012; yw = 1 - p['legs'] - .03
-    return dict(ry=ry, rx=.045 * p['head'], cy=ry + .004, ys=ys, yw=yw, hw=.115 * p['width'], lw=.045 * p['width'])
-
-def _legs(img, p, g, y, x, side, stride, tint):
-    "Legs (skin), then the lower garment, then the shoes."
-    yw, lw = g['yw'], g['lw']
-    if side: xc = stride * .1 * (y - yw) / (1 - yw); centres, taper = [xc, -xc], 1.0   # striding, facing -x
-    else: centres, taper = [-.052 * p['width'], .052 * p['width']], 1 - .25 * (y - yw)
-    leg = ((np.abs(x - centres[0]) < lw * taper) | (np.abs(x - centres[1]) < lw * taper)) & (y > yw) & (y < .96)
-    _paint(img, leg, SKIN[p['skin']])
-    lower, end = _col(p['lower'], tint), {0: .955, 1: yw + .16, 2: yw + .06}[p['lower_type']]
-    hip = (y > yw - .005) & (y < yw + .07) & (np.abs(x) < (.6 if side else 1) * g['hw'] * .95)
-    _paint(img, (leg & (y < end)) | hip, lower, _pattern(p['lower_pat'], y, x, yw, p['period']), _col(p['lower2'], tint))
-    if p['lower_type'] == 2:  # skirt: a trapezoid from the waist
-        _paint(img, (y > yw) & (y < yw + .2) & (np.abs(x) < g['hw'] * (.6 if side else 1) * (.85 + (y - yw))), lower)
-    fwd = -.015 if side else 0  # shoes stick out forward in a side view
-    shoe = (np.abs(x - centres[0] - fwd) < lw * 1.15) | (np.abs(x - centres[1] - fwd) < lw * 1.15)
-    _paint(img, shoe & (y >= .955) & (y < 1.0), _col(p['shoes'], tint))
-
-# %% ../nbs/07_synthetic.ipynb #5b7b2f46
-def _torso(img, p, g, y, x, view, stride, tint):
-    "Upper garment with its pattern, arms with sleeves, and the chest logo (front view only)."
-    side, ys, yw = view >= 2, g['ys'], g['yw']
-    tw = g['hw'] * (1 - .15 * (y - ys) / (yw - ys)) * (.6 if side else 1)      # half-width, narrowing to the waist
-    body = (y > ys) & (y < yw + .03) & (np.abs(x) < tw)
-    up, up2 = _col(p['upper'], tint), _col(p['upper2'], tint)
-    pat = _pattern(p['upper_pat'], y, x, ys, p['period'])
-    sleeve_end = ys + (.3 if p['sleeves'] else .11)
-    if side: arm = (np.abs(x - stride * .05 * (y - ys) / .3) < .028) & (y > ys + .01) & (y < ys + .33)
-    else: arm = (np.abs(x) >= tw - .004) & (np.abs(x) < tw + .04 * p['width']) & (y > ys + .01) & (y < ys + .33)
-    _paint(img, body, up, pat, up2)
-    if p['logo'] and view == 0:
-        ly, lx = y - (ys + .09), x - p['logo_x'] * p['width']
-        logo = {1: (np.abs(ly) < .016) & (np.abs(lx) < .016), 2: ly ** 2 + lx ** 2 < .018 ** 2,
-                3: (np.abs(ly) < .008) & (np.abs(lx) < .035)}[p['logo']]
-        _paint(img, logo & body, _col(p['logo_col'], tint))
-    _paint(img, arm & (y < sleeve_end), up)
-    _paint(img, arm & (y >= sleeve_end), SKIN[p['skin']])
-    return body
-
-# %% ../nbs/07_synthetic.ipynb #f4b05058
-def _head(img, p, g, y, x, view, tint):
-    "Head (face from the front), hair by style and view, and a cap."
-    side, cy, ry, rx = view >= 2, g['cy'], g['ry'], g['rx']
-    hy, hx = (y - cy) / ry, x / rx
-    head = hy ** 2 + hx ** 2 < 1
-    _paint(img, (np.abs(x) < .022) & (y > cy) & (y < g['ys'] + .01), SKIN[p['skin']])   # neck
-    _paint(img, head, SKIN[p['skin']])
-    hair_col = HAIR[p['hair']]
-    if p['hair_style'] == 1 and view != 0:                                        # long hair over the back
-        _paint(img, (y > cy) & (y < g['ys'] + .09) & (np.abs(x - (.35 * rx if side else 0)) < rx * (.7 if side else 1.05)), hair_col)
-    if view == 1: hair = head                                                      # from the back: all hair
-    elif side: hair = head & ((hx > -.1) | (hy < -.45))                            # the back half (facing -x)
-    else: hair = head & ((hy < -.45) | ((np.abs(hx) > .78) & (hy < .3 if p['hair_style'] == 1 else hy < -.1)))
-    _paint(img, hair, hair_col)
-    if p['hair_style'] == 2:                                                       # a cap, with a brim forward
-        brim = (hy > -.55) & (hy < -.35) & (hx > -1.5) & (hx < 1) if side else (hy > -.5) & (hy < -.3) & (np.abs(hx) < 1.1)
-        _paint(img, (head & (hy < -.4)) | brim, _col(p['cap'], tint))
-
-# %% ../nbs/07_synthetic.ipynb #ff37dca0
-def _bag(img, p, g, y, x, view, near:bool, tint):
-    "Backpack (back and side views; straps from the front) or shoulder bag (at one hip); `near`: in front of the body."
-    ys, yw, hw, col = g['ys'], g['yw'], g['hw'], _col(p['bag_col'], tint)
-    if p['bag'] == 1 and near:
-        if view == 1: _paint(img, (np.abs(x) < .085 * p['width']) & (y > ys + .02) & (y < ys + .25), col)
-        elif view == 0: _paint(img, (np.abs(np.abs(x) - .06 * p['width']) < .009) & (y > ys) & (y < ys + .16), col)
-        else: _paint(img, (x > .5 * hw) & (x < .5 * hw + .07) & (y > ys + .02) & (y < ys + .25), col)
-    if p['bag'] == 2:
-        if view >= 2:  # seen from the side: on the near hip (in front of the body) or peeking out behind it
-            on_near = (p['bag_side'] == 1) == (view == 2)
-            if on_near == near: _paint(img, (x > (-.02 if near else .45 * hw)) & (x < (.07 if near else .6 * hw + .04)) & (y > yw - .05) & (y < yw + .07), col)
-        elif near:
-            s = p['bag_side'] * (1 if view == 0 else -1)   # seen from behind, left and right swap
-            _paint(img, (np.abs(x - s * (hw + .025)) < .04) & (y > yw - .05) & (y < yw + .07), col)
-            _paint(img, (np.abs(x + s * hw * (1 - 2 * (y - ys) / (yw - .05 - ys))) < .008) & (y > ys) & (y < yw - .05), col)  # strap
-
-# %% ../nbs/07_synthetic.ipynb #a4237356
-def _occlude(img, det, v, u):
-    "Something in front of the person: a textured block from the bottom, left or right."
-    e = det['occ_extent']
-    m = np.broadcast_to({'bottom': v > 1 - e, 'left': u < e, 'right': u > 1 - e}[det['occ']], img.shape[:2])
-    c = PALETTE[det['occ_col']]
-    _paint(img, m, c, np.broadcast_to((v * 9 + u * 3) % 1 < .25, img.shape[:2]), c * .6)
-
-def _camera(img, cam, u, rng):
-    "Light (gain, cast, gradient, gamma), optics (blur) and sensor (noise) of a camera: float image → uint8."
-    light = cam['gain'] * rng.uniform(.9, 1.1) * (1 + cam['gradient'] * (u[..., None] - .5))  # (1, W, 1)
-    img = np.clip(img * np.asarray(cam['colour'], np.float32) * light, 0, 1) ** cam['gamma']
-    im = Image.fromarray((img * 255 + .5).astype(np.uint8))
-    if cam['blur'] > .05: im = im.filter(ImageFilter.GaussianBlur(cam['blur']))
-    arr = np.asarray(im, np.float32) + rng.normal(0, cam['noise'] * 255, img.shape).astype(np.float32)
-    return np.clip(arr + .5, 0, 255).astype(np.uint8)
-
-# %% ../nbs/07_synthetic.ipynb #1a1a57b6
-def _person(img, p, view, det, v, u, aspect):
-    "Draw person `p` seen in `view` where `det` puts it, over what `img` already holds."
-    bg = img.copy()
-    y, x = (v - det['top']) / det['scale'], (u - det['cx']) * aspect / det['scale']
-    if view == 3: x = -x                                                # the right view mirrors the left
-    g, tint, side = _geometry(p), p['tint'], view >= 2
-    _bag(img, p, g, y, x, view, False, tint)
-    _legs(img, p, g, y, x, side, det['stride'], tint)
-    _torso(img, p, g, y, x, view, det['stride'], tint)
-    _bag(img, p, g, y, x, view, True, tint)
-    _head(img, p, g, y, x, view, tint)
-    person = (img != bg).any(-1)
-    img[person] *= np.broadcast_to(1 - .3 * np.clip(x / (.2 * p['width']), -1, 1) ** 2, person.shape)[person][:, None]  # round body
-
-def render(p:dict, # an identity (`sample_identity`)
-           cam:dict, # a camera (`sample_camera`)
-           view:int, # 0 front, 1 back, 2 left, 3 right (see `VIEWS`)
-           det:dict, # the detection box (`sample_detection`)
-           rng:np.random.Generator, # the image's generator (clutter, noise)
-           height:int=128, width:int=64, # image size (Market-1501's)
-           clutter:float=1.0, # scale of the number of background objects
-           others:tuple=(), # passers-by drawn behind the person: (identity, view, det) triples (`sample_passer_by`)
-          ) -> np.ndarray:
-    "One detection of person `p` by camera `cam`: a (height, width, 3) uint8 image."
-    v = ((np.arange(height, dtype=np.float32) + .5) / height)[:, None]; u = ((np.arange(width, dtype=np.float32) + .5) / width)[None, :]
-    img = _background(cam, v, u, rng, clutter)
-    for o in others: _person(img, *o, v, u, width / height)
-    _person(img, p, view, det, v, u, width / height)
-    if det['occ'] != 'none': _occlude(img, det, v, u)
-    return _camera(img, cam, u, rng)
-
 
 # %% ../nbs/07_synthetic.ipynb #50840bf6
 def _split_counts(rng, n:int, n_cameras:int) -> dict:
@@ -268,22 +113,19 @@ def _identities(seed:int, pids:range, sibling_frac:float) -> tuple[dict, dict]:
         rng = np.random.default_rng([seed, 1, pid])
         if people and rng.random() < sibling_frac:
             base = list(people)[int(rng.integers(len(people)))]
-            people[pid], detail = make_sibling(people[base], rng); siblings[pid] = (base, detail)
+            people[pid], detail = make_sibling(people[base], rng)
+            siblings[pid] = (base, detail)
         else: people[pid] = sample_identity(rng)
     return people, siblings
 
 # %% ../nbs/07_synthetic.ipynb #b7e0c1a2
-class OptionError(ValueError):
-    "An option out of its range; `.option` names it (`hacnn_synth` reports it as `--option`)."
-    def __init__(self, option:str, expected:str, value):
-        super().__init__(f'{option} must be {expected}, not {value!r}')
-        self.option = option
-
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-def _is_real(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 def _int_at_least(lo:int): return lambda v: _is_int(v) and v >= lo
 def _imgs_ok(v) -> bool:
-    return isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_is_int, v)) and 4 <= v[0] <= v[1]
+    pair = isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_is_int, v))
+    return pair and 4 <= v[0] <= v[1]
 
 # %% ../nbs/07_synthetic.ipynb #b7e0c1a3
 _NONNEG = (lambda v: _is_real(v) and v >= 0, 'a finite number >= 0')
@@ -302,7 +144,7 @@ _RULES = dict(  # option: (test, what is expected)
     occlusion=_PROB, sibling_frac=_PROB, crowd=_PROB)
 
 def _check_options(**opts):
-    "Raise `OptionError` for the first of `opts` (by `make_world`'s names) that is out of its range."
+    "Raise `OptionError` for the first of `opts` (`make_world`'s names) that is out of its range."
     for name, value in opts.items():
         ok, expected = _RULES[name]
         if not ok(value): raise OptionError(name, expected, value)
@@ -314,49 +156,59 @@ def plan_world(seed:int=0, # the world's seed
                n_cameras:int=6, # cameras in the network
                jitter:float=1.0, # detector misalignment (0 = perfect boxes)
                occlusion:float=0.1, # probability that an image is partially occluded
-               sibling_frac:float=0.05, # fraction of identities that copy another with one local detail changed
-               n_distractors:int|None=None, # pid-0 gallery images of people outside the world; `None`: n_ids // 2
+               sibling_frac:float=0.05, # identities that copy another with one local detail changed
+               n_distractors:int|None=None, # pid-0 gallery images of outsiders; `None`: n_ids // 2
                noise:float=1.0, blur:float=1.0, cast:float=0.5, # camera knobs (see `sample_camera`)
               ) -> dict:
-    "Cameras, identities and one entry per image (file name, split, pid, camera, view, detection, seed)."
+    "Cameras, identities and one entry per image (file name, split, pid, camera, view, seed)."
     _check_options(**locals())  # every option, before anything is drawn
-    cams = [sample_camera(np.random.default_rng([seed, 0, c]), noise, blur, cast) for c in range(n_cameras)]
+    cams = [sample_camera(np.random.default_rng([seed, 0, c]), noise, blur, cast)
+            for c in range(n_cameras)]
     n_train = n_ids // 2
     people, siblings = _identities(seed, range(1, n_train + 1), sibling_frac)
-    p2, s2 = _identities(seed, range(n_train + 1, n_ids + 1), sibling_frac); people.update(p2); siblings.update(s2)
+    p2, s2 = _identities(seed, range(n_train + 1, n_ids + 1), sibling_frac)
+    people.update(p2)
+    siblings.update(s2)
     images, frame = [], [0] * n_cameras
     for pid, person in people.items():
         rng = np.random.default_rng([seed, 2, pid])
         split = 'train' if pid <= n_train else 'test'
-        for cam, n in _split_counts(rng, int(rng.integers(imgs_per_id[0], imgs_per_id[1] + 1)), n_cameras).items():
-            base_view = int(rng.choice(4, p=cams[cam]['views']))                 # the way this person walks past this camera
-            q = int(rng.integers(n))                                             # the query of this person in this camera
+        n_imgs = int(rng.integers(imgs_per_id[0], imgs_per_id[1] + 1))
+        for cam, n in _split_counts(rng, n_imgs, n_cameras).items():
+            base_view = int(rng.choice(4, p=cams[cam]['views']))  # how they pass this camera
+            q = int(rng.integers(n))                              # their query in this camera
             for k in range(n):
                 view = base_view if rng.random() < .7 else int(rng.choice(4, p=cams[cam]['views']))
                 frame[cam] += int(rng.integers(1, 40))
-                images.append(dict(pid=pid, cam=cam, view=view, split=split if split == 'train' else ('query' if k == q else 'gallery'),
-                                   name=f'{pid:04d}_c{cam + 1}s1_{frame[cam]:06d}_{k % 100:02d}.jpg', seed=[seed, 3, pid, len(images)]))
-    return dict(cameras=cams, people=people, siblings=siblings, images=images + _distractors(seed, n_ids, n_distractors, cams, frame))
+                where = split if split == 'train' else ('query' if k == q else 'gallery')
+                name = f'{pid:04d}_c{cam + 1}s1_{frame[cam]:06d}_{k % 100:02d}.jpg'
+                images.append(dict(pid=pid, cam=cam, view=view, split=where, name=name,
+                                   seed=[seed, 3, pid, len(images)]))
+    images += _distractors(seed, n_ids, n_distractors, cams, frame)
+    return dict(cameras=cams, people=people, siblings=siblings, images=images)
 
 # %% ../nbs/07_synthetic.ipynb #8ac74802
 def _distractors(seed, n_ids, n, cams, frame) -> list[dict]:
     "Gallery images (pid 0) of people who are in no split."
     out = []
     for i in range((n_ids // 2) if n is None else n):
-        rng = np.random.default_rng([seed, 4, i]); cam = int(rng.integers(len(cams)))
+        rng = np.random.default_rng([seed, 4, i])
+        cam = int(rng.integers(len(cams)))
         frame[cam] += int(rng.integers(1, 40))
-        out.append(dict(pid=0, cam=cam, view=int(rng.choice(4, p=cams[cam]['views'])), split='gallery',
-                        name=f'0000_c{cam + 1}s1_{frame[cam]:06d}_00.jpg', seed=[seed, 5, i], person=sample_identity(rng)))
+        out.append(dict(pid=0, cam=cam, view=int(rng.choice(4, p=cams[cam]['views'])),
+                        split='gallery', name=f'0000_c{cam + 1}s1_{frame[cam]:06d}_00.jpg',
+                        seed=[seed, 5, i], person=sample_identity(rng)))
     return out
 
 # %% ../nbs/07_synthetic.ipynb #a1b2c3d4
 def sample_passer_by(rng:np.random.Generator, # the image's crowd generator
                      det:dict, # the detection of the person the box is about
                     ) -> tuple: # (identity, view, det) of someone else, partly inside the box
-    "Another pedestrian beside the detected one (Sec. 1's clutter that global pooling cannot tell apart): a random identity, a little off in height and size."
-    side, off = float(rng.choice([-1, 1])), rng.uniform(.35, .6)       # centre to centre, in box widths
-    d = dict(top=det['top'] + rng.normal(0, .04), cx=det['cx'] + side * off, scale=det['scale'] * np.exp(rng.normal(0, .08)),
-             trunc='none', occ='none', stride=rng.uniform(-1, 1))
+    "Another pedestrian beside the detected one (Sec. 1's clutter): a random identity, near it."
+    side, off = float(rng.choice([-1, 1])), rng.uniform(.35, .6)   # centre to centre, box widths
+    d = dict(top=det['top'] + rng.normal(0, .04), cx=det['cx'] + side * off,
+             scale=det['scale'] * np.exp(rng.normal(0, .08)), trunc='none', occ='none',
+             stride=rng.uniform(-1, 1))
     return sample_identity(rng), int(rng.integers(4)), _plain(d)
 
 def passers_by(world:dict, # from `plan_world`
@@ -364,14 +216,13 @@ def passers_by(world:dict, # from `plan_world`
                det:dict, # the image's detection
                crowd:float, # probability of a passer-by
               ) -> tuple: # `render`'s `others`: () or one (identity, view, det)
-    "The passer-by of planned image `i`, from its own generator: worlds that differ only in `crowd` share every other pixel."
+    "The passer-by of planned image `i`, from its own generator (other pixels do not see `crowd`)."
     rng = np.random.default_rng(world['images'][i]['seed'] + [2])
     return (sample_passer_by(rng, det),) if rng.random() < crowd else ()
 
-
 # %% ../nbs/07_synthetic.ipynb #d1dc7229
 SPLIT_DIRS = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
-GENERATOR = 'hacnn_nbdev.synthetic/2'  # bumped whenever the same options would draw different pixels
+GENERATOR = 'hacnn_nbdev.synthetic/2'  # bumped when the same options would draw other pixels
 
 def render_image(world:dict, # from `plan_world`
                  i:int, # index into world['images']
@@ -384,30 +235,37 @@ def render_image(world:dict, # from `plan_world`
     det = sample_detection(np.random.default_rng(im['seed'] + [0]), jitter, occlusion)
     person = im.get('person') or world['people'][im['pid']]
     others = passers_by(world, i, det, crowd)
-    return render(person, world['cameras'][im['cam']], im['view'], det, np.random.default_rng(im['seed'] + [1]), height, width, clutter, others)
+    return render(person, world['cameras'][im['cam']], im['view'], det,
+                  np.random.default_rng(im['seed'] + [1]), height, width, clutter, others)
 
 def _render_chunk(args):
     world, idx, kw = args
     return [render_image(world, i, **kw) for i in idx]
 
 # %% ../nbs/07_synthetic.ipynb #7f4a36fc
-def detection(world:dict, i:int, jitter:float=1.0, occlusion:float=0.1) -> dict:
+def detection(world:dict, # from `plan_world`
+              i:int, # index into world['images']
+              jitter:float=1.0, occlusion:float=0.1, # detector errors (see `sample_detection`)
+             ) -> dict:
     "The detection box of planned image `i` (from the image's own detection generator)."
-    return sample_detection(np.random.default_rng(world['images'][i]['seed'] + [0]), jitter, occlusion)
+    rng = np.random.default_rng(world['images'][i]['seed'] + [0])
+    return sample_detection(rng, jitter, occlusion)
 
 def _render_all(world, kw, workers):
     n = len(world['images'])
     if workers <= 1: return _render_chunk((world, range(n), kw))
     from concurrent.futures import ProcessPoolExecutor
     chunks = [(world, range(s, min(n, s + 200)), kw) for s in range(0, n, 200)]
-    with ProcessPoolExecutor(workers) as ex: return [a for part in ex.map(_render_chunk, chunks) for a in part]
+    with ProcessPoolExecutor(workers) as ex:
+        return [a for part in ex.map(_render_chunk, chunks) for a in part]
 
 # %% ../nbs/07_synthetic.ipynb #b7e0c1b2
 MARKER, _MARK = '.synthetic_world', 'written by hacnn_nbdev.synthetic.make_world'
 CSV_HEADER = 'name,split,pid,camid,view,truncation,occlusion,sibling_of,differs_in'
 _IMAGE_NAME = re.compile(r'^\d{4,}_c\d+s1_\d{6,}_\d{2}\.jpg$')  # how `plan_world` names images
+_TEMPS = ('.world.json.tmp', '.images.csv.tmp')                # `_write_atomic`'s temporary files
 
-class UnusableRootError(FileExistsError):
+class UnusableRootError(UsageError, FileExistsError):
     "`root` holds something `make_world` did not write, or is a file: nothing was changed."
 
 def _first_line(p:Path) -> str:
@@ -418,20 +276,35 @@ def _our_meta(p:Path) -> dict|None:
     "The world.json at `p` if `make_world` wrote it (a JSON object with our `format`), else None."
     try: meta = json.loads(p.read_text())
     except (OSError, ValueError): return None
-    ours = isinstance(meta, dict) and str(meta.get('format', '')).startswith('hacnn_nbdev.synthetic/')
-    return meta if ours else None
+    fmt = str(meta.get('format', '')) if isinstance(meta, dict) else ''
+    return meta if fmt.startswith('hacnn_nbdev.synthetic/') else None
+
+def _is_json(p:Path) -> bool:
+    "Does file `p` hold JSON (of any kind)?"
+    try: json.loads(p.read_text())
+    except (OSError, ValueError): return False
+    return True
+
+def _write_atomic(path:Path, text:str):
+    "Write `text` to `path` all at once: into a temporary file, flushed to disk, then renamed."
+    tmp = path.with_name(f'.{path.name}.tmp')
+    with open(tmp, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 # %% ../nbs/07_synthetic.ipynb #b7e0c1b3
 def _ours(p:Path, root:Path, marked:bool) -> bool:
-    "Did `make_world` write the file `p` (in `root` or a split folder)? Never in a folder without its marker."
+    "Did `make_world` write file `p` (in `root` or a split folder)? Never in an unmarked folder."
     if not marked or p.is_symlink() or not p.is_file(): return False
     if p.parent != root: return bool(_IMAGE_NAME.match(p.name))
-    if p.name == 'world.json': return _our_meta(p) is not None
-    if p.name == 'images.csv': return _first_line(p) == CSV_HEADER
-    return p.name == MARKER
+    if p.name == 'world.json': return _our_meta(p) is not None or not _is_json(p)  # ours or damaged
+    if p.name == 'images.csv': return CSV_HEADER.startswith(_first_line(p))  # ours, maybe cut
+    return p.name == MARKER or p.name in _TEMPS
 
 def _foreign(root:Path) -> str|None:
-    "The first entry of folder `root` (sorted; its path in `root`) that `make_world` did not write, or None."
+    "The first entry of folder `root` (sorted; its path in `root`) that `make_world` did not write."
     marked = (root/MARKER).is_file() and _first_line(root/MARKER) == _MARK
     for p in sorted(root.iterdir()):
         if p.name in SPLIT_DIRS.values() and p.is_dir() and not p.is_symlink():
@@ -441,22 +314,24 @@ def _foreign(root:Path) -> str|None:
     return None
 
 def _prepare_root(root:Path, why:str|None=None):
-    "Make `root` ready for a new world; refuse, changing nothing, a folder holding anything we did not write."
+    "Make `root` ready for a new world; refuse, changing nothing, a folder with files not ours."
     bad = _foreign(root) if root.is_dir() else None
     if bad is not None:
         also = f' (and the world there cannot be reused: {why})' if why else ''
-        raise UnusableRootError(f"{str(root)!r} holds {bad!r}, which hacnn_synth did not write{also}; "
-                                "choose another --root or empty that folder (nothing was changed)")
+        raise UnusableRootError(f"{str(root)!r} holds {bad!r}, which hacnn_synth did not write"
+                                f"{also}; choose another --root or empty that folder (nothing was "
+                                "changed)")
     root.mkdir(parents=True, exist_ok=True)
     (root/MARKER).write_text(_MARK + '\n')
-    (root/'world.json').unlink(missing_ok=True)  # written last: its presence means the world is complete
+    (root/'world.json').unlink(missing_ok=True)  # written last: there means the world is complete
+    for name in _TEMPS: (root/name).unlink(missing_ok=True)
     for d in SPLIT_DIRS.values():
         (root/d).mkdir(exist_ok=True)
         for f in (root/d).iterdir(): f.unlink()  # every one is ours: `_foreign` looked at each
 
 # %% ../nbs/07_synthetic.ipynb #b7e0c1b4
 def _whole_jpeg(p:Path) -> bool:
-    "Does file `p` start and end like a JPEG (start- and end-of-image markers)? False if empty or truncated."
+    "Does file `p` start and end like a JPEG (start- and end-of-image markers)? Not if cut short."
     try:
         with open(p, 'rb') as f:
             start = f.read(2)
@@ -465,7 +340,7 @@ def _whole_jpeg(p:Path) -> bool:
     except OSError: return False
 
 def _world_problem(root:Path, meta:dict) -> str|None:
-    "Why the world `meta` (its world.json) describes is not whole in `root`; None if every image is there."
+    "Why the world `meta` (its world.json) describes is not whole in `root`; None if it is."
     try: lines = (root/'images.csv').read_text().splitlines()
     except (OSError, ValueError): return 'its images.csv is missing or unreadable'
     if not lines or lines[0] != CSV_HEADER: return 'its images.csv is not the one hacnn_synth wrote'
@@ -478,7 +353,8 @@ def _world_problem(root:Path, meta:dict) -> str|None:
     for split, sub in SPLIT_DIRS.items():
         want, n, d = listed[split], counts.get(split), root/sub
         have = {f.name for f in d.iterdir()} if d.is_dir() else set()
-        if len(want) != n: return f'its images.csv lists {len(want)} {split} images, its world.json {n}'
+        if len(want) != n:
+            return f'its images.csv lists {len(want)} {split} images, its world.json {n}'
         lost, extra = sorted(want - have), sorted(have - want)
         if lost: return f'{len(lost)} of its {n} {split} images are missing (e.g. {sub}/{lost[0]})'
         if extra: return f'{sub}/ holds {len(extra)} files it does not list (e.g. {extra[0]})'
@@ -487,102 +363,83 @@ def _world_problem(root:Path, meta:dict) -> str|None:
     return None
 
 # %% ../nbs/07_synthetic.ipynb #7ebf98d6
+def _check_root(root:Path):
+    "Refuse a `root` that is a file or lies inside one, before anything is written."
+    if root.exists() and not root.is_dir():
+        raise UnusableRootError(f"{str(root)!r} is a file, not a folder; choose another --root "
+                                "(nothing was changed)")
+    if (f := next((p for p in root.parents if p.exists() and not p.is_dir()), None)) is not None:
+        raise UnusableRootError(f"{str(root)!r} lies inside {str(f)!r}, a file, not a folder; "
+                                "choose another --root (nothing was changed)")
+
+def _reuse_problem(root:Path, meta:dict|None) -> str|None:
+    "Why the world in `root` (world.json: `meta`, if ours) cannot be reused; None if it can."
+    if meta is not None: return _world_problem(root, meta)
+    if not (root/MARKER).is_file(): return None                 # no world of ours: nothing to say
+    if not (root/'world.json').exists(): return 'its world.json is missing: a run did not finish'
+    if not _is_json(root/'world.json'): return 'its world.json is damaged'
+    return None
+
+# %% ../nbs/07_synthetic.ipynb #7ebf98d7
 def make_world(root:str|Path='data/synthetic', # where to write (Market-1501 layout)
                seed:int=0, # same seed and knobs → byte-identical files
                n_ids:int=500, # identities in all: n_ids // 2 train, the rest test
                imgs_per_id:tuple=(8, 12), # images per identity, (min, max)
                n_cameras:int=6, # cameras
-               jitter:float=1.0, # detector misalignment: shift, scale, truncation (0 = perfect boxes)
+               jitter:float=1.0, # detector misalignment: shift, scale, truncation (0: none)
                occlusion:float=0.1, # probability of a partial occlusion per image
                clutter:float=0.5, # background clutter (objects per image ∝ clutter)
                noise:float=1.0, # sensor noise scale
                blur:float=1.0, # optical blur scale
                cast:float=0.5, # camera colour cast and illumination scale
                sibling_frac:float=0.05, # identities that differ from another in one local detail
-               crowd:float=0.0, # probability that a passer-by stands partly in the box, behind the person
+               crowd:float=0.0, # probability that a passer-by stands partly in the box, behind
                n_distractors:int|None=None, # pid-0 gallery images (`None`: n_ids // 2)
                height:int=128, width:int=64, # image size (Market-1501: 128×64)
                quality:int=90, # JPEG quality
                workers:int=1, # processes for rendering (the files do not depend on it)
                overwrite:bool=False, # re-make even if `root` already holds this very world
               ) -> dict:
-    "Generate a synthetic re-id world into `root`; summary: params, counts, seconds, reused, remade_because."
-    _check_options(**{k: v for k, v in locals().items() if k not in ('root', 'overwrite')})  # before any file
+    "Generate a synthetic re-id world into `root`; its summary: params, counts, seconds, reused..."
+    _check_options(**{k: v for k, v in locals().items() if k not in ('root', 'overwrite')})  # first
     root, t0 = Path(root), time.time()
-    if root.exists() and not root.is_dir():
-        raise UnusableRootError(f"{str(root)!r} is a file, not a folder; choose another --root "
-                                "(nothing was changed)")
-    params = json.loads(json.dumps(dict(seed=seed, n_ids=n_ids, imgs_per_id=list(imgs_per_id), n_cameras=n_cameras, jitter=jitter,
-        occlusion=occlusion, clutter=clutter, noise=noise, blur=blur, cast=cast, sibling_frac=sibling_frac, crowd=crowd,
-        n_distractors=n_distractors, height=height, width=width, quality=quality),
-        default=lambda o: o.item()))  # NumPy scalars as Python numbers
-    meta, why = None if overwrite else _our_meta(root/'world.json'), None
-    if meta is not None and meta.get('params') == params and meta.get('format') == GENERATOR:
-        why = _world_problem(root, meta)  # the very world: reused only if every image is there, whole
-        if why is None: return {**meta, 'seconds': 0.0, 'reused': True, 'remade_because': None}
+    _check_root(root)
+    params = dict(seed=seed, n_ids=n_ids, imgs_per_id=list(imgs_per_id), n_cameras=n_cameras,
+                  jitter=jitter, occlusion=occlusion, clutter=clutter, noise=noise, blur=blur,
+                  cast=cast, sibling_frac=sibling_frac, crowd=crowd, n_distractors=n_distractors,
+                  height=height, width=width, quality=quality)
+    params = json.loads(json.dumps(params, default=lambda o: o.item()))  # NumPy scalars as numbers
+    meta = None if overwrite else _our_meta(root/'world.json')
+    same = meta is not None and meta.get('params') == params and meta.get('format') == GENERATOR
+    why = None if overwrite or (meta is not None and not same) else _reuse_problem(root, meta)
+    if same and why is None: return {**meta, 'seconds': 0.0, 'reused': True, 'remade_because': None}
     _prepare_root(root, why)
-    world = plan_world(seed, n_ids, tuple(imgs_per_id), n_cameras, jitter, occlusion, sibling_frac, n_distractors, noise, blur, cast)
-    kw = dict(jitter=jitter, occlusion=occlusion, clutter=clutter, height=height, width=width, crowd=crowd)
+    world = plan_world(seed, n_ids, tuple(imgs_per_id), n_cameras, jitter, occlusion, sibling_frac,
+                       n_distractors, noise, blur, cast)
+    kw = dict(jitter=jitter, occlusion=occlusion, clutter=clutter, height=height, width=width,
+              crowd=crowd)
     for im, arr in zip(world['images'], _render_all(world, kw, workers)):
         Image.fromarray(arr).save(root/SPLIT_DIRS[im['split']]/im['name'], quality=quality)
     summary = _write_meta(root, world, params, jitter, occlusion)
-    return {**summary, 'seconds': round(time.time() - t0, 2), 'reused': False, 'remade_because': why}
+    return {**summary, 'seconds': round(time.time() - t0, 2), 'reused': False,
+            'remade_because': why}
 
 # %% ../nbs/07_synthetic.ipynb #4f10684c
 def _write_meta(root, world, params, jitter, occlusion) -> dict:
-    "images.csv (one row per image: split, pid, camera, view, truncation, occlusion, sibling) and world.json."
+    "Write images.csv (a row per image: split, pid, camera, view, truncation...) and world.json."
     rows = [CSV_HEADER]
     for i, im in enumerate(world['images']):
         d, sib = detection(world, i, jitter, occlusion), world['siblings'].get(im['pid'], ('', ''))
-        rows.append(f"{im['name']},{im['split']},{im['pid']},{im['cam']},{VIEWS[im['view']]},{d['trunc']},{d['occ']},{sib[0]},{sib[1]}")
-    (root/'images.csv').write_text('\n'.join(rows) + '\n')
+        rows.append(f"{im['name']},{im['split']},{im['pid']},{im['cam']},{VIEWS[im['view']]},"
+                    f"{d['trunc']},{d['occ']},{sib[0]},{sib[1]}")
+    _write_atomic(root/'images.csv', '\n'.join(rows) + '\n')
     counts = {s: sum(im['split'] == s for im in world['images']) for s in SPLIT_DIRS}
-    summary = dict(format=GENERATOR, params=params, counts=counts, n_siblings=len(world['siblings']),
-                   cameras=world['cameras'])
-    (root/'world.json').write_text(json.dumps(summary, indent=1))
+    summary = dict(format=GENERATOR, params=params, counts=counts,
+                   n_siblings=len(world['siblings']), cameras=world['cameras'])
+    _write_atomic(root/'world.json', json.dumps(summary, indent=1))
     return summary
 
-# %% ../nbs/07_synthetic.ipynb #039c16f5
-def colour_histograms(paths:list, # image files
-                      stripes:int=8, # horizontal stripes
-                      bins:tuple=(8, 4, 4), # hue, saturation, value bins
-                      size:tuple=(128, 64), # images are resized to (height, width) first
-                      centre:float=1.0, # keep only this central fraction of the width (1 = whole image)
-                     ) -> np.ndarray:
-    "Per-stripe HSV histograms, L1-normalised per stripe and square-rooted: (N, stripes · ∏bins) float32."
-    H, W = size; nb = int(np.prod(bins))
-    stripe = (np.arange(H) * stripes // H)[:, None] * nb                          # (H, 1) offset of each row's stripe
-    out = np.zeros((len(paths), stripes * nb), np.float32)
-    for i, p in enumerate(paths):
-        hsv = np.asarray(Image.open(p).convert('RGB').resize((W, H), Image.BILINEAR).convert('HSV'), np.int64)
-        hsv = hsv[:, round(W * (1 - centre) / 2):round(W * (1 + centre) / 2)]
-        q = [hsv[..., c] * bins[c] // 256 for c in range(3)]
-        out[i] = np.bincount((stripe + (q[0] * bins[1] + q[1]) * bins[2] + q[2]).ravel(), minlength=stripes * nb)
-    out = out.reshape(len(paths), stripes, nb); out /= out.sum(-1, keepdims=True)
-    return np.sqrt(out).reshape(len(paths), -1)
-
-def histogram_distances(query:list, gallery:list, **kwargs) -> np.ndarray:
-    "Hellinger distances between colour histograms of `query` and `gallery` records: (n_query, n_gallery)."
-    q, g = colour_histograms([r[0] for r in query], **kwargs), colour_histograms([r[0] for r in gallery], **kwargs)
-    return np.sqrt(np.maximum((q ** 2).sum(1)[:, None] + (g ** 2).sum(1)[None] - 2 * q @ g.T, 0))
-
-# %% ../nbs/07_synthetic.ipynb #b7e0c1d1
-def _on_command_line() -> bool:
-    "Is `synth_cli` running as the `hacnn_synth` command (fastcore parsed `sys.argv`), not called in Python?"
-    from fastcore import script
-    ctx = getattr(script, '_cli_func', None)  # the function fastcore runs as a command (perhaps another one's)
-    if ctx is None: return Path(sys.argv[0]).name == 'hacnn_synth'
-    return ctx.get() is getattr(synth_cli, '__wrapped__', synth_cli)
-
-def _cli_error(e:Exception, code:int, msg:str|None=None):
-    "On the command line: `hacnn_synth: error: <one line>` on stderr and exit `code`; from Python: raise `e`."
-    if not _on_command_line(): raise e
-    msg = msg or (f'--{e}' if isinstance(e, OptionError) else str(e))
-    print(f"hacnn_synth: error: {' '.join(msg.split())}", file=sys.stderr)
-    sys.exit(code)
-
 # %% ../nbs/07_synthetic.ipynb #4041dde9
-@call_parse
 def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
               seed:int=0, # world seed: same seed and options → byte-identical files
               n_ids:int=500, # identities in all (half train, half test)
@@ -603,21 +460,40 @@ def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
               workers:int=0, # rendering processes (0: all cores, at most 4)
               overwrite:store_true=False, # write again even if the same world is there
              ):
-    "Generate the synthetic re-id world and print its statistics (a mistake: one line on stderr, exit 2/1)."
+    "Generate the synthetic re-id world and print its statistics."
+    if not _int_at_least(4)(imgs_min): raise OptionError('--imgs_min', 'an integer >= 4', imgs_min)
+    if not _int_at_least(imgs_min)(imgs_max):
+        raise OptionError('--imgs_max', f'an integer >= --imgs_min ({imgs_min})', imgs_max)
+    if not _int_at_least(0)(workers):
+        raise OptionError('--workers', 'an integer >= 0 (0: all cores, at most 4)', workers)
     try:
-        if not _int_at_least(4)(imgs_min): raise OptionError('imgs_min', 'an integer >= 4', imgs_min)
-        if not _int_at_least(imgs_min)(imgs_max):
-            raise OptionError('imgs_max', f'an integer >= --imgs_min ({imgs_min})', imgs_max)
-        if not _int_at_least(0)(workers):
-            raise OptionError('workers', 'an integer >= 0 (0: all cores, at most 4)', workers)
-        s = make_world(root, seed, n_ids, (imgs_min, imgs_max), n_cameras, jitter, occlusion, clutter, noise, blur,
-                       cast, sibling_frac, crowd, n_distractors, height, width,
-                       workers=workers or min(os.cpu_count() or 1, 4), overwrite=overwrite)
-    except (OptionError, UnusableRootError) as e: _cli_error(e, 2)  # bad usage: nothing was changed
-    except OSError as e:  # the run failed (a full disk, say): no world.json, so the next run starts over
-        _cli_error(e, 1, f'writing the world into {root!r} failed: {e}')
+        s = make_world(root, seed, n_ids, (imgs_min, imgs_max), n_cameras, jitter, occlusion,
+                       clutter, noise, blur, cast, sibling_frac, crowd, n_distractors, height,
+                       width, workers=workers or min(os.cpu_count() or 1, 4), overwrite=overwrite)
+    except OptionError as e: raise e.dashed() from None      # worded as the command's options
+    except UsageError: raise                                  # a --root it may not write into
+    except OSError as e:  # the run failed (a full disk?): no world.json, the next run starts over
+        raise OSError(f'writing the world into {root!r} failed: {e}') from e
     n = sum(s['counts'].values())
-    msg = 'already there with the same options: reused' if s['reused'] else f"wrote {n} images in {s['seconds']:.1f} s"
+    if s['reused']: msg = 'already there with the same options: reused'
+    else: msg = f"wrote {n} images in {s['seconds']:.1f} s"
     if s['remade_because']: msg += f" (the world there could not be reused: {s['remade_because']})"
     print(f'{root}: {msg}')
     print(stats_table(SyntheticWorld(root)))
+
+def synth_main(argv:list|None=None, # the words after `hacnn_synth`; default `sys.argv[1:]`
+              ):
+    "The `hacnn_synth` command."
+    run_command(synth_cli, 'hacnn_synth', argv)
+
+if __name__ == '__main__' and '__file__' in globals(): synth_main()  # python -m ...synthetic
+
+# %% ../nbs/07_synthetic.ipynb #b7e0c1e1
+_IN_BASELINE = ('colour_histograms', 'histogram_distances')
+
+def __getattr__(name:str):
+    "The names of `hacnn_nbdev.baseline`, also found here (PEP 562: looked up on first use)."
+    if name in _IN_BASELINE:
+        from hacnn_nbdev import baseline
+        return getattr(baseline, name)
+    raise AttributeError(f"module 'hacnn_nbdev.synthetic' has no attribute {name!r}")

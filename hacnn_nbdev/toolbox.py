@@ -12,35 +12,36 @@ import matplotlib.pyplot as plt
 from PIL import Image
 from torch.utils.data import Dataset, DataLoader
 from tqdm.auto import tqdm
-from fastcore.script import anno_parser, store_true
-from .core import CheckpointError, default_device
-from .data import IMG_EXTS, MEAN, STD, ReIDDataset, read_image
-from .model import HACNN
-from .metrics import compute_distance, re_ranking, faiss_search
-from .evaluate import model_from_checkpoint, extract_features, _frame
+from fastcore.script import store_true
+from .core import InputSpec
+from .checkpoint import CheckpointError, build_model, load_model, model_checkpoint
+from .cli import UsageError, run_command, run_main
+from .data import IMG_EXTS, read_image
+from .loaders import ReIDDataset
+from .runtime import extract_features
+from .metrics import compute_distance
+from .ranking import re_ranking, faiss_search
+from .evaluate import NO_RERANK_WITH_FAISS, frame_axes, pick_device, require_options
 from .viz import prepare_image, plot_attention
-from .deploy import optimize_for_inference, export_onnx, check_parity, OnnxFeatureExtractor
+from .deploy import (
+    optimize_for_inference, export_onnx, check_parity, OnnxFeatureExtractor)
 
 # %% auto #0
-__all__ = ['FEATURES_FORMAT', 'NO_RERANK_WITH_FAISS', 'EXPORT_FORMAT', 'COMMANDS', 'UsageError', 'read_image_list', 'find_images',
-           'input_spec', 'load_model', 'as_image_list', 'ImageInputs', 'FeatureExtractor', 'save_features',
-           'load_features', 'features_cli', 'rank_gallery', 'plot_query_results', 'write_ranking', 'ranking_table',
-           'gallery_features', 'query_cli', 'png_names', 'write_attention', 'attention_cli', 'write_model_json',
-           'save_exported', 'load_exported', 'export_cli', 'dashed_options', 'exit_code', 'run_command',
+__all__ = ['FEATURES_FORMAT', 'EXPORT_FORMAT', 'COMMANDS', 'read_image_list', 'find_images', 'load_network', 'as_image_list',
+           'ImageInputs', 'FeatureExtractor', 'save_features', 'load_features', 'features_cli', 'rank_gallery',
+           'plot_query_results', 'write_ranking', 'ranking_table', 'gallery_features', 'query_cli', 'png_names',
+           'write_attention', 'attention_cli', 'write_model_json', 'save_exported', 'load_exported', 'export_cli',
            'features_main', 'query_main', 'attention_main', 'export_main', 'main']
-
-# %% ../nbs/16_toolbox.ipynb #21164d05
-class UsageError(ValueError):
-    "A mistake in what was asked for (a missing file, an empty folder, a bad option value): the commands exit with 2."
 
 # %% ../nbs/16_toolbox.ipynb #121002ed
 def read_image_list(path:str|Path, # a text file: one image path per line
                    ) -> list[Path]:
-    "The images a list file names, in its order; relative paths are looked up next to the file, then in the current folder."
+    "The images a list file names, in order (relative paths: next to the file, else from here)."
     path = Path(path)
     try: lines = path.read_text().splitlines()
     except UnicodeDecodeError:
-        raise UsageError(f"{str(path)!r} is neither a folder, an image ({'/'.join(IMG_EXTS)}) nor a text file listing images") from None
+        raise UsageError(f"{str(path)!r} is neither a folder, an image ({'/'.join(IMG_EXTS)}) "
+                         "nor a text file listing images") from None
     out = []
     for n, line in enumerate(lines, 1):
         s = line.strip()
@@ -52,81 +53,84 @@ def read_image_list(path:str|Path, # a text file: one image path per line
     return out
 
 # %% ../nbs/16_toolbox.ipynb #edf36cec
-def find_images(source:str|Path, # a folder (searched recursively), an image file, or a text file listing images
+def find_images(source:str|Path, # a folder (searched recursively), an image, or a list file
                ) -> list[Path]:
-    "The images `source` stands for: a folder's in sorted order, a list file's in its order, or the image itself."
+    "The images of `source`: a folder's in sorted order, a list file's in its order, or the image."
     src = Path(source)
     if not src.exists(): raise UsageError(f"{str(src)!r} does not exist")
     if src.is_dir():
         imgs = sorted(p for p in src.rglob('*') if p.suffix.lower() in IMG_EXTS and p.is_file())
-        if not imgs: raise UsageError(f"no images ({'/'.join(IMG_EXTS)}) in the folder {str(src)!r} or its sub-folders")
+        if not imgs:
+            raise UsageError(f"no images ({'/'.join(IMG_EXTS)}) in the folder {str(src)!r} "
+                             "or its sub-folders")
         return imgs
     return [src] if src.suffix.lower() in IMG_EXTS else read_image_list(src)
 
 # %% ../nbs/16_toolbox.ipynb #3e6fbcb4
-def input_spec(ck:dict, # a checkpoint dict (its optional `data` entry is read)
-              ) -> dict: # height, width, mean, std
-    "The input the checkpoint's network expects: its `data` entry, Sec. 4's 160 × 64 and the ImageNet statistics by default."
-    d = {'height': 160, 'width': 64, 'mean': MEAN, 'std': STD, **(ck.get('data') or {})}
-    return {'height': int(d['height']), 'width': int(d['width']),
-            'mean': [float(v) for v in d['mean']], 'std': [float(v) for v in d['std']]}
-
-def load_model(checkpoint:str|Path, # a checkpoint file (hacnn_train) or an export folder (hacnn_export)
-               device:str|None='auto', # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-              ) -> tuple: # (HACNN in eval mode on `device`, input spec)
-    "The network of a checkpoint or export folder, and the input it expects."
-    if Path(checkpoint).is_dir(): return load_exported(checkpoint, device)
-    model, ck = model_from_checkpoint(checkpoint, device)
-    return model, input_spec(ck)
+def load_network(checkpoint:str|Path, # a checkpoint file or an export folder (hacnn_export)
+                 device:str|None='auto', # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
+                ) -> torch.nn.Module: # in eval mode on `device`, with `.input_spec`
+    "The network of a checkpoint (`05c_checkpoint.load_model`) or export folder (`load_exported`)."
+    dev = pick_device(device)
+    if Path(checkpoint).is_dir(): return load_exported(checkpoint, dev)
+    return load_model(checkpoint, dev)
 
 # %% ../nbs/16_toolbox.ipynb #b1d13728
-def as_image_list(images, # a path, PIL image or (H,W,3) uint8 array; a list of them; or an (N,H,W,3) uint8 array
+def as_image_list(images, # a path, PIL image or (H,W,3) uint8 array; a list; (N,H,W,3) uint8
                  ) -> list:
-    "One image or many, as a list; anything that is not an image is a `TypeError` naming its position."
+    "One image or many, as a list; anything not an image is a `TypeError` naming its position."
     if isinstance(images, (str, Path, Image.Image)): return [images]
     if isinstance(images, np.ndarray): images = [images] if images.ndim == 3 else list(images)
     images = list(images)
     for i, x in enumerate(images):
-        if isinstance(x, np.ndarray) and not (x.ndim == 3 and x.shape[2] == 3 and x.dtype == np.uint8):
-            raise TypeError(f"image {i}: an array must be (H, W, 3) uint8 RGB, got {x.shape} {x.dtype}")
+        rgb8 = isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[2] == 3 and x.dtype == np.uint8
+        if isinstance(x, np.ndarray) and not rgb8:
+            raise TypeError(f"image {i}: an array must be (H, W, 3) uint8 RGB, "
+                            f"got {x.shape} {x.dtype}")
         if not isinstance(x, (str, Path, Image.Image, np.ndarray)):
-            raise TypeError(f"image {i}: expected a path, a PIL image or an (H, W, 3) uint8 array, got {type(x).__name__}")
+            raise TypeError(f"image {i}: expected a path, a PIL image or an (H, W, 3) uint8 array, "
+                            f"got {type(x).__name__}")
     return images
 
 # %% ../nbs/16_toolbox.ipynb #69705590
 class ImageInputs(Dataset):
-    "Paths, PIL images or uint8 arrays → (normalised (3, H, W) image, 0, 0), prepared as the data module prepares images."
+    "Paths, PIL images or uint8 arrays → (normalised (3, H, W) image, 0, 0), as `06_data` does."
     def __init__(self, images:list, # paths, PIL images or (H,W,3) uint8 arrays
-                 height:int=160, width:int=64, mean=MEAN, std=STD): # the checkpoint's input spec
-        self.images, self.spec = as_image_list(images), dict(height=height, width=width, mean=mean, std=std)
+                 spec:InputSpec|None=None, # the network's input (default: `InputSpec()`)
+                ):
+        self.images, self.spec = as_image_list(images), spec or InputSpec()
         recs = [(str(x) if isinstance(x, (str, Path)) else '', 0, 0) for x in self.images]
-        self.files = ReIDDataset(recs, height, width, mean=mean, std=std)     # 06_data: decode, resize, normalise
+        s = self.spec
+        # 06_data: decode, resize, normalise
+        self.files = ReIDDataset(recs, s.height, s.width, mean=s.mean, std=s.std)
     def __len__(self): return len(self.images)
     def __getitem__(self, i):
         x = self.images[i]
         if isinstance(x, (str, Path)): return self.files[i]
-        return prepare_image(x, **self.spec)[0][0], 0, 0                      # 11_visualize: the same steps in memory
+        return prepare_image(x, self.spec)[0][0], 0, 0    # 11_visualize: the same steps in memory
 
 # %% ../nbs/16_toolbox.ipynb #4c73112e
 class FeatureExtractor:
-    "Features of your own images: paths, PIL images, (H,W,3) uint8 arrays or a list of them → (N, D) float32 array."
-    def __init__(self, checkpoint:str|Path, # a checkpoint file (hacnn_train) or an export folder (hacnn_export)
-                 device:str|None='auto', # 'auto' (CUDA, else MPS, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'
+    "Features of your own images: paths, PIL images, (H,W,3) uint8 arrays, lists of them → (N, D)."
+    def __init__(self, checkpoint:str|Path, # a checkpoint file or an export folder (hacnn_export)
+                 device:str|None='auto', # 'auto' (CUDA, else MPS, else CPU), 'cpu', 'cuda:1', 'mps'
                  fast:bool=False, # run `deploy.optimize_for_inference`'s copy of the network
                  batch_size:int=128, # images per forward pass
                  progress:bool=False, # show a progress bar
                 ):
-        if not (isinstance(batch_size, int) and batch_size >= 1): raise UsageError(f"batch_size must be an integer >= 1, not {batch_size!r}")
-        self.model, self.spec = load_model(checkpoint, device)
-        self.device, self.batch_size, self.progress = next(self.model.parameters()).device, batch_size, progress
-        ex = torch.randn(2, 3, self.spec['height'], self.spec['width'])
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise UsageError(f"batch_size must be an integer >= 1, not {batch_size!r}")
+        self.model = load_network(checkpoint, device)
+        self.spec, self.batch_size, self.progress = self.model.input_spec, batch_size, progress
+        self.device = next(self.model.parameters()).device
+        ex = torch.randn(2, 3, *self.spec.size)
         self.net = optimize_for_inference(self.model, example=ex) if fast else self.model
-        self.dim = 2 * self.model.model_kwargs['feat_dim']                     # cat(global, local), Sec. 3.2
+        self.dim = 2 * self.model.model_kwargs['feat_dim']          # cat(global, local), Sec. 3.2
 
     def __call__(self, images, # one image or a list (see `as_image_list`)
                  progress:bool|None=None, # override the extractor's `progress`
                 ) -> np.ndarray: # (N, D) float32
-        ds = ImageInputs(images, **self.spec)
+        ds = ImageInputs(images, self.spec)
         if len(ds) == 0: return np.zeros((0, self.dim), np.float32)
         dl = DataLoader(ds, batch_size=self.batch_size, shuffle=False)
         f, _, _ = extract_features(self.net, dl, self.progress if progress is None else progress)
@@ -138,63 +142,61 @@ FEATURES_FORMAT = 'hacnn_nbdev.features/1'
 def save_features(path:str|Path, # the .npz file to write (its folder is created)
                   features:np.ndarray, # (N, D) features
                   paths:list, # the N image paths
-                  spec:dict, # the input spec the features were extracted at
+                  spec:InputSpec, # the input the features were extracted at
                   checkpoint:str='', # where the network came from
                  ) -> Path:
-    "Write features, paths and input spec to one .npz file (plain arrays: `np.load` needs no pickle)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    "Write features, paths and input spec to one .npz file (plain arrays: loaded without pickle)."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'wb') as fh:   # a file handle: np.savez would append '.npz' to other names
-        np.savez(fh, features=np.asarray(features, np.float32), paths=np.array([str(p) for p in paths], dtype=str),
-                 height=spec['height'], width=spec['width'], mean=np.float32(spec['mean']), std=np.float32(spec['std']),
+        np.savez(fh, features=np.asarray(features, np.float32),
+                 paths=np.array([str(p) for p in paths], dtype=str),
+                 height=spec.height, width=spec.width,
+                 mean=np.float64(spec.mean), std=np.float64(spec.std),
                  checkpoint=str(checkpoint), format=FEATURES_FORMAT)
     return path
 
 # %% ../nbs/16_toolbox.ipynb #bc6ad1ab
 def load_features(path:str|Path, # an .npz file written by `save_features` / hacnn_features
-                 ) -> dict: # features (N, D), paths (N,) str, spec, checkpoint
+                 ) -> dict: # features (N, D), paths (N,) str, spec (`InputSpec`), checkpoint
     "Read back a features file; a file that is not one is a `UsageError` naming it."
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z.get('format', '')) != FEATURES_FORMAT: raise KeyError('format')
-            return {'features': z['features'], 'paths': [str(p) for p in z['paths']], 'checkpoint': str(z['checkpoint']),
-                    'spec': {'height': int(z['height']), 'width': int(z['width']),
-                             'mean': [round(float(v), 6) for v in z['mean']], 'std': [round(float(v), 6) for v in z['std']]}}
+            spec = InputSpec(int(z['height']), int(z['width']), tuple(z['mean']), tuple(z['std']))
+            return {'features': z['features'], 'paths': [str(p) for p in z['paths']],
+                    'checkpoint': str(z['checkpoint']), 'spec': spec}
     except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"{str(path)!r} is not a features file written by hacnn_features ({type(e).__name__}: {e})") from None
+        raise UsageError(f"{str(path)!r} is not a features file written by hacnn_features "
+                         f"({type(e).__name__}: {e})") from None
 
 # %% ../nbs/16_toolbox.ipynb #4af83457
-def _required(**opts):
-    "Raise a `UsageError` naming the options that were not given."
-    if missing := [k for k, v in opts.items() if v in (None, '', [])]:
-        raise UsageError(f"{', '.join('--' + k for k in missing)} {'is' if len(missing) == 1 else 'are'} required")
-
-def features_cli(checkpoint:str=None, # checkpoint file written by hacnn_train, or a folder written by hacnn_export (required)
-                 images:str=None, # a folder of images (searched recursively), or a text file listing image paths (required)
-                 out:str=None, # the .npz file to write: features (N, D) float32, paths (N,), height, width, mean, std (required)
+def features_cli(checkpoint:str=None, # checkpoint file or hacnn_export folder (required)
+                 images:str=None, # a folder (searched recursively) or a list file (required)
+                 out:str=None, # the .npz to write: features (N, D), paths, input spec (required)
                  batch_size:int=128, # images per forward pass
                  device:str='auto', # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps
-                 fast:store_true=False, # fold batch norm and use channels-last memory (13_deploy; fp16 on a GPU)
+                 fast:store_true=False, # BN folded, channels-last, reduced precision (13_deploy)
                  no_progress:store_true=False, # hide the progress bar
                 ):
     "Write the HA-CNN features of every image in a folder (or list) to an .npz file."
-    _required(checkpoint=checkpoint, images=images, out=out)
+    require_options(checkpoint=checkpoint, images=images, out=out)
     paths, t0 = find_images(images), time.perf_counter()
     fx = FeatureExtractor(checkpoint, device, fast, batch_size, progress=not no_progress)
     f = fx(paths)
     save_features(out, f, paths, fx.spec, checkpoint)
-    print(f"wrote {out}: {f.shape[0]} images x {f.shape[1]}-d features ({fx.spec['height']}x{fx.spec['width']} input, "
-          f"{fx.device}) in {time.perf_counter() - t0:.1f} s")
+    size = f"{fx.spec.height}x{fx.spec.width}"
+    print(f"wrote {out}: {f.shape[0]} images x {f.shape[1]}-d features ({size} input, {fx.device}) "
+          f"in {time.perf_counter() - t0:.1f} s")
 
 # %% ../nbs/16_toolbox.ipynb #f74e75dd
-NO_RERANK_WITH_FAISS = "--rerank and --faiss do not combine: re-ranking needs every distance, FAISS keeps only the top k"
-
 def rank_gallery(qf:np.ndarray, # (Q, D) query features
                  gf:np.ndarray, # (G, D) gallery features
                  top:int=10, # gallery images kept per query (at most G)
                  rerank:bool=False, # k-reciprocal re-ranking of the distances
-                 use_faiss:bool=False, # exact top-k search with FAISS instead of a dense distance matrix
+                 use_faiss:bool=False, # exact top-k search with FAISS, no dense distance matrix
                 ) -> tuple: # (distances (Q, k) ascending, gallery indices (Q, k))
-    "Each query's `top` nearest gallery images and their distances (Sec. 3.2: L2 distance of the features)."
+    "Each query's `top` nearest gallery images and their distances (Sec. 3.2: L2 distance)."
     if rerank and use_faiss: raise UsageError(NO_RERANK_WITH_FAISS)
     if use_faiss: return faiss_search(qf, gf, k=top)
     d = compute_distance(qf, gf)                                                  # (Q, G)
@@ -212,13 +214,16 @@ def plot_query_results(queries:list, # the Q query image paths
     Q, k = idx.shape
     fig, axes = plt.subplots(Q, k + 1, figsize=(0.9 * (k + 1), 2.0 * Q), squeeze=False)
     for q, row in enumerate(axes):
-        row[0].imshow(read_image(queries[q])); _frame(row[0], 'black', 2)
-        n = Path(queries[q]).name; row[0].set_title(f"query\n{n if len(n) <= 16 else n[:15] + '…'}", fontsize=7)
+        row[0].imshow(read_image(queries[q]))
+        frame_axes(row[0], 'black', 2)
+        n = Path(queries[q]).name
+        row[0].set_title(f"query\n{n if len(n) <= 16 else n[:15] + '…'}", fontsize=7)
         for r, (j, d) in enumerate(zip(idx[q], dist[q])):
             ax = row[r + 1]
             if Path(gallery[j]).is_file(): ax.imshow(read_image(gallery[j]))
-            else: ax.text(0.5, 0.5, 'missing', ha='center', fontsize=7)         # a features file outliving its images
-            _frame(ax, 'grey', 1); ax.set_title(f'{r + 1}\n{d:.3f}', fontsize=7)
+            else: ax.text(0.5, 0.5, 'missing', ha='center', fontsize=7)   # gone since extraction
+            frame_axes(ax, 'grey', 1)
+            ax.set_title(f'{r + 1}\n{d:.3f}', fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -229,64 +234,75 @@ def write_ranking(path:str|Path, # the .csv file to write
                  ) -> Path:
     "One row per (query, rank): query, rank, gallery, distance."
     with open(path, 'w', newline='') as fh:
-        w = csv.writer(fh); w.writerow(['query', 'rank', 'gallery', 'distance'])
+        w = csv.writer(fh)
+        w.writerow(['query', 'rank', 'gallery', 'distance'])
         for q, (js, ds) in enumerate(zip(idx, dist)):
-            w.writerows([str(queries[q]), r + 1, str(gallery[j]), f'{d:.6f}'] for r, (j, d) in enumerate(zip(js, ds)))
+            w.writerows([str(queries[q]), r + 1, str(gallery[j]), f'{d:.6f}']
+                        for r, (j, d) in enumerate(zip(js, ds)))
     return Path(path)
 
-def ranking_table(queries:list, gallery:list, dist:np.ndarray, idx:np.ndarray, # as for `write_ranking`
-                  show:int=5, # ranks printed per query
+def ranking_table(queries:list, gallery:list, # image paths
+                  dist:np.ndarray, idx:np.ndarray, # from `rank_gallery`
+                  show:int=5, # ranks shown per query
                  ) -> str:
-    "A short plain-text view of the ranking: per query, its first `show` gallery images and distances."
+    "The ranking as short plain text: per query, its first `show` gallery images and distances."
     lines = []
     for q, (js, ds) in enumerate(zip(idx, dist)):
         lines += [f"query {queries[q]}", f"{'rank':>6}{'distance':>10}  gallery"]
-        lines += [f"{r + 1:>6}{d:>10.4f}  {gallery[j]}" for r, (j, d) in enumerate(zip(js[:show], ds[:show]))]
+        top = enumerate(zip(js[:show], ds[:show]))
+        lines += [f"{r + 1:>6}{d:>10.4f}  {gallery[j]}" for r, (j, d) in top]
     return '\n'.join(lines)
 
 # %% ../nbs/16_toolbox.ipynb #305c7446
 def gallery_features(fx:FeatureExtractor, # the query's extractor
-                     gallery:str|Path, # a folder, list file or image — or a features .npz from hacnn_features
+                     gallery:str|Path, # a folder, list file or image, or hacnn_features' .npz
                      progress:bool=True, # progress bar while extracting
                     ) -> tuple: # (features (G, D), paths)
     "The gallery's features: read from a features file (checked against `fx`) or extracted now."
     if Path(gallery).suffix.lower() == '.npz' and Path(gallery).is_file():
         g = load_features(gallery)
         if g['features'].shape[1] != fx.dim:
-            raise UsageError(f"{str(gallery)!r} holds {g['features'].shape[1]}-d features; the checkpoint gives {fx.dim}-d")
-        if not np.allclose([g['spec'][k] for k in ('height', 'width')] + g['spec']['mean'] + g['spec']['std'],
-                           [fx.spec[k] for k in ('height', 'width')] + fx.spec['mean'] + fx.spec['std'], atol=1e-5):
-            raise UsageError(f"{str(gallery)!r} was extracted with input {g['spec']}, the checkpoint expects {fx.spec}")
+            raise UsageError(f"{str(gallery)!r} holds {g['features'].shape[1]}-d features; "
+                             f"the checkpoint gives {fx.dim}-d")
+        a, b = g['spec'], fx.spec
+        if a.size != b.size or not np.allclose(a.mean + a.std, b.mean + b.std, atol=1e-5):
+            raise UsageError(f"{str(gallery)!r} was extracted with input {a}; "
+                             f"the checkpoint expects {b}")
         return g['features'], g['paths']
     paths = find_images(gallery)
     return fx(paths, progress), [str(p) for p in paths]
 
 # %% ../nbs/16_toolbox.ipynb #26490a95
-def query_cli(checkpoint:str=None, # checkpoint file written by hacnn_train, or a folder written by hacnn_export (required)
-              query:list=None, # one or more query images (or folders / list files of them) (required)
-              gallery:str=None, # the gallery: a folder of images, a list file, or a features .npz written by hacnn_features (required)
+def query_cli(checkpoint:str=None, # checkpoint file or hacnn_export folder (required)
+              query:list=None, # one or more query images (or folders / list files) (required)
+              gallery:str=None, # a folder, a list file, or an .npz from hacnn_features (required)
               out:str=None, # folder for ranking.csv and ranked.png (required)
               top:int=10, # gallery images ranked per query
-              rerank:store_true=False, # k-reciprocal re-ranking of the distances (ref. [53]; needs the full distance matrix)
-              faiss:store_true=False, # exact top-k search with FAISS, without the full distance matrix (large galleries)
+              rerank:store_true=False, # k-reciprocal re-ranking (ref. [53]; all distances needed)
+              faiss:store_true=False, # exact top-k search with FAISS (large galleries)
               batch_size:int=128, # images per forward pass
               device:str='auto', # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps
-              fast:store_true=False, # fold batch norm and use channels-last memory (13_deploy; fp16 on a GPU)
+              fast:store_true=False, # BN folded, channels-last, reduced precision (13_deploy)
               no_progress:store_true=False, # hide the progress bar
              ):
-    "Rank a gallery for each query image; write ranking.csv and ranked.png, print the top of each ranking."
-    _required(checkpoint=checkpoint, query=query, gallery=gallery, out=out)
+    "Rank a gallery for each query image; write ranking.csv and ranked.png, print the top ranks."
+    require_options(checkpoint=checkpoint, query=query, gallery=gallery, out=out)
     if top < 1: raise UsageError(f"--top must be at least 1, not {top}")
     if rerank and faiss: raise UsageError(NO_RERANK_WITH_FAISS)                  # before any work
-    queries = [p for q in ([query] if isinstance(query, (str, Path)) else query) for p in find_images(q)]
+    query = [query] if isinstance(query, (str, Path)) else query
+    queries = [p for q in query for p in find_images(q)]
     fx = FeatureExtractor(checkpoint, device, fast, batch_size, progress=not no_progress)
     gf, gpaths = gallery_features(fx, gallery, not no_progress)
     dist, idx = rank_gallery(fx(queries, False), gf, top, rerank, faiss)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     write_ranking(out / 'ranking.csv', queries, gpaths, dist, idx)
-    fig = plot_query_results(queries, gpaths, dist, idx); fig.savefig(out / 'ranked.png', dpi=100, bbox_inches='tight'); plt.close(fig)
+    fig = plot_query_results(queries, gpaths, dist, idx)
+    fig.savefig(out / 'ranked.png', dpi=100, bbox_inches='tight')
+    plt.close(fig)
     print(ranking_table(queries, gpaths, dist, idx))
-    print(f"wrote {out / 'ranking.csv'} and {out / 'ranked.png'}: {len(queries)} quer{'y' if len(queries) == 1 else 'ies'}, "
+    nq = f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'}"
+    print(f"wrote {out / 'ranking.csv'} and {out / 'ranked.png'}: {nq}, "
           f"top {idx.shape[1]} of {len(gpaths)} gallery images")
 
 # %% ../nbs/16_toolbox.ipynb #cad05d08
@@ -295,152 +311,141 @@ def png_names(paths:list, # image paths
     "Output names after the images' stems, numbered where stems repeat."
     seen, out = {}, []
     for p in paths:
-        s = Path(p).stem; seen[s] = seen.get(s, 0) + 1
+        s = Path(p).stem
+        seen[s] = seen.get(s, 0) + 1
         out.append(f"{s}{'' if seen[s] == 1 else '_' + str(seen[s])}_attention.png")
     return out
 
-def write_attention(model:HACNN, # a network in eval mode
+def write_attention(model:torch.nn.Module, # a network in eval mode, with `.input_spec`
                     paths:list, # image paths
                     out:str|Path, # folder for the PNGs
-                    spec:dict, # the input spec (height, width, mean, std)
                     progress:bool=True, # progress bar
                    ) -> list[Path]:
     "A Fig. 6 picture per image (`plot_attention`), written as PNG files; the files written."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True); written = []
-    for p, name in zip(tqdm(paths, desc='attention', disable=not progress, leave=False), png_names(paths)):
-        fig = plot_attention(model, read_image(p), **spec)       # read_image: an undecodable file is named
-        fig.savefig(out / name, dpi=100, bbox_inches='tight'); plt.close(fig); written.append(out / name)
+    out, written = Path(out), []
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(paths, desc='attention', disable=not progress, leave=False)
+    for p, name in zip(bar, png_names(paths)):
+        fig = plot_attention(model, p)                 # read_image: an undecodable file is named
+        fig.savefig(out / name, dpi=100, bbox_inches='tight')
+        plt.close(fig)
+        written.append(out / name)
     return written
 
 # %% ../nbs/16_toolbox.ipynb #dba19baf
-def attention_cli(checkpoint:str=None, # checkpoint file written by hacnn_train, or a folder written by hacnn_export (required)
-                  images:list=None, # one or more images, folders (searched recursively) or list files (required)
+def attention_cli(checkpoint:str=None, # checkpoint file or hacnn_export folder (required)
+                  images:list=None, # one or more images, folders or list files (required)
                   out:str=None, # folder for the <image>_attention.png files (required)
                   device:str='auto', # auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps
                   no_progress:store_true=False, # hide the progress bar
                  ):
-    "Draw Fig. 6 — hard regions and soft spatial attention of the three levels — for each image, one PNG each."
-    _required(checkpoint=checkpoint, images=images, out=out)
-    paths = [p for s in ([images] if isinstance(images, (str, Path)) else images) for p in find_images(s)]
-    model, spec = load_model(checkpoint, device)
-    t0 = time.perf_counter(); written = write_attention(model, paths, out, spec, not no_progress)
-    print(f"wrote {len(written)} attention picture{'s' * (len(written) != 1)} to {out} in {time.perf_counter() - t0:.1f} s")
+    "Draw Fig. 6 — hard regions and soft spatial attention of the three levels — one PNG per image."
+    require_options(checkpoint=checkpoint, images=images, out=out)
+    images = [images] if isinstance(images, (str, Path)) else images
+    paths = [p for s in images for p in find_images(s)]
+    model, t0 = load_network(checkpoint, device), time.perf_counter()
+    written = write_attention(model, paths, out, not no_progress)
+    print(f"wrote {len(written)} attention picture{'s' * (len(written) != 1)} to {out} "
+          f"in {time.perf_counter() - t0:.1f} s")
 
 # %% ../nbs/16_toolbox.ipynb #b233376e
 EXPORT_FORMAT = 'hacnn_nbdev.export/1'
 
-def write_model_json(model:HACNN, # the network
+def write_model_json(model:torch.nn.Module, # the network (a HACNN with `.input_spec`)
                      out:str|Path, # the export folder (created)
-                     spec:dict, # its input spec
                      source:str='', # where it came from
                     ) -> Path:
-    "model.json: the format, the `HACNN` keyword arguments, the input spec, the feature size and the source."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in model.model_kwargs.items()}
-    meta = {'format': EXPORT_FORMAT, 'model_kwargs': kw, 'input': spec, 'feature_dim': 2 * kw['feat_dim'], 'source': str(source)}
+    "model.json: the format, the network's arch, arguments and input spec, feature size, source."
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ck = model_checkpoint(model)
+    meta = {'format': EXPORT_FORMAT, **{k: ck[k] for k in ('arch', 'model_kwargs', 'input_spec')},
+            'feature_dim': 2 * ck['model_kwargs']['feat_dim'], 'source': str(source)}
     (out / 'model.json').write_text(json.dumps(meta, indent=1))
     return out / 'model.json'
 
-def save_exported(model:HACNN, out:str|Path, spec:dict, source:str='', # as for `write_model_json`
+def save_exported(model:torch.nn.Module, out:str|Path, source:str='', # as for `write_model_json`
                  ) -> list[Path]: # model.safetensors, model.json
     "Write `model`'s weights as model.safetensors (tensors only), and model.json beside them."
     from safetensors.torch import save_file
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / 'model.safetensors',
-              metadata={'format': EXPORT_FORMAT})
-    return [out / 'model.safetensors', write_model_json(model, out, spec, source)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, out / 'model.safetensors', metadata={'format': EXPORT_FORMAT})
+    return [out / 'model.safetensors', write_model_json(model, out, source)]
 
 # %% ../nbs/16_toolbox.ipynb #e8532ac2
 def load_exported(folder:str|Path, # a folder written by hacnn_export / `save_exported`
-                  device:str|None='cpu', # where the network runs ('auto': best available)
-                 ) -> tuple: # (HACNN in eval mode, input spec)
-    "Rebuild the network from model.json and model.safetensors."
+                  map_location:str|torch.device='cpu', # where the network goes
+                 ) -> torch.nn.Module: # in eval mode, with `.input_spec`
+    "Rebuild the network of an export folder through `05c_checkpoint.build_model`."
     from safetensors.torch import load_file
-    folder = Path(folder); meta_p, w = folder / 'model.json', folder / 'model.safetensors'
+    folder = Path(folder)
+    meta_p, w = folder / 'model.json', folder / 'model.safetensors'
     try: meta = json.loads(meta_p.read_text())
-    except (OSError, ValueError) as e: raise CheckpointError(f"{str(folder)!r} is not an export folder: no readable model.json ({e})") from None
-    if meta.get('format') != EXPORT_FORMAT: raise CheckpointError(f"{str(meta_p)!r} is not an hacnn_export model.json (format {meta.get('format')!r})")
-    if not w.is_file(): raise CheckpointError(f"{str(folder)!r} has no model.safetensors (export it with hacnn_export --safetensors)")
-    try: model = HACNN(**meta['model_kwargs']); model.load_state_dict(load_file(w))
-    except Exception as e: raise CheckpointError(f"{str(w)!r} does not fit HACNN({meta['model_kwargs']}): {str(e).splitlines()[0]}") from None
-    return model.to(default_device(device)).eval(), meta['input']
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{str(folder)!r} is not an export folder: "
+                              f"no readable model.json ({e})") from None
+    if not isinstance(meta, dict) or meta.get('format') != EXPORT_FORMAT:
+        raise CheckpointError(f"{str(meta_p)!r} is not a model.json written by hacnn_export "
+                              f"(expected format {EXPORT_FORMAT!r})")
+    if not w.is_file():
+        raise CheckpointError(f"{str(folder)!r} has no model.safetensors "
+                              "(export it with hacnn_export --safetensors)")
+    try: weights = load_file(w)
+    except Exception as e:  # safetensors' own error type for a damaged file
+        raise CheckpointError(f"could not read {str(w)!r}: {type(e).__name__}: {e}") from None
+    spec = meta.get('input_spec') or meta.get('input') or {}          # 'input': the older spelling
+    ck = {'arch': meta.get('arch', 'hacnn'), 'model': weights,
+          'model_kwargs': meta.get('model_kwargs'), 'input_spec': spec}
+    return build_model(ck, map_location, repr(str(folder)))
 
 # %% ../nbs/16_toolbox.ipynb #49fbcc81
 def export_cli(checkpoint:str=None, # checkpoint file written by hacnn_train (required)
-               out:str=None, # the folder to write: model.json, and model.safetensors and/or model.onnx (required)
-               safetensors:store_true=False, # write model.safetensors (the default when --onnx is not given)
-               onnx:store_true=False, # write model.onnx (13_deploy.export_onnx), checked against PyTorch with onnxruntime
+               out:str=None, # folder for model.json, model.safetensors and/or .onnx (required)
+               safetensors:store_true=False, # write model.safetensors (the default without --onnx)
+               onnx:store_true=False, # write model.onnx (13_deploy), checked by onnxruntime
                opset:int=18, # the ONNX opset
               ):
-    "Export a checkpoint's network: weights-only model.safetensors + model.json (HACNN arguments, input spec), and/or ONNX."
-    _required(checkpoint=checkpoint, out=out)
-    model, spec = load_model(checkpoint, 'cpu'); t0 = time.perf_counter()
-    files = save_exported(model, out, spec, checkpoint) if safetensors or not onnx else [write_model_json(model, out, spec, checkpoint)]
+    "Export a checkpoint's network: model.safetensors + model.json, and/or ONNX."
+    require_options(checkpoint=checkpoint, out=out)
+    model, t0 = load_network(checkpoint, 'cpu'), time.perf_counter()
+    spec = model.input_spec
+    if safetensors or not onnx: files = save_exported(model, out, checkpoint)
+    else: files = [write_model_json(model, out, checkpoint)]
     if onnx:
-        p = export_onnx(model, Path(out) / 'model.onnx', spec['height'], spec['width'], opset)   # raises if parity fails
-        x = torch.randn(4, 3, spec['height'], spec['width'])
+        # export_onnx raises if onnxruntime's features differ
+        p = export_onnx(model, Path(out) / 'model.onnx', spec.height, spec.width, opset)
+        x = torch.randn(4, 3, *spec.size)
         with torch.no_grad(): err = check_parity(OnnxFeatureExtractor(p)(x), model(x))
         print(f"model.onnx: onnxruntime vs PyTorch features, largest difference {err:.1e}")
         files.append(p)
     print(f"wrote {', '.join(str(f) for f in files)} in {time.perf_counter() - t0:.1f} s")
 
-# %% ../nbs/16_toolbox.ipynb #111c24d4
-def dashed_options(argv:list, # the command-line words after the program name
-                   parser, # the argparse parser that will read them
-                  ) -> list:
-    "`argv` with `--batch-size[=v]` spelled `--batch_size[=v]` wherever only the underscore spelling is an option."
-    known, out = {s for a in parser._actions for s in a.option_strings}, []
-    for i, a in enumerate(argv):
-        if a == '--': return out + argv[i:]                                   # everything after '--' is a value
-        k, eq, v = a.partition('=')
-        u = '--' + k[2:].replace('-', '_')
-        out.append(u + eq + v if a.startswith('--') and k not in known and u in known else a)
-    return out
-
-# %% ../nbs/16_toolbox.ipynb #48ee69d4
-def exit_code(e:BaseException) -> int|None:
-    "2 for a mistake in what was asked, 1 for a run that failed, None for a bug (let its traceback show)."
-    if isinstance(e, (UsageError, CheckpointError)): return 2
-    if isinstance(e, RuntimeError) and ('CUDA' in str(e) or 'device' in str(e).lower()): return 2   # --device not available
-    if isinstance(e, (OSError, ValueError, RuntimeError, ImportError, TypeError)): return 1         # BadImageError is an OSError
-    return None
-
-def _fail(prog:str, msg, code:int):
-    print(f"{prog}: error: {' '.join(str(msg).split())}", file=sys.stderr); sys.exit(code)
-
-# %% ../nbs/16_toolbox.ipynb #e9d317e7
-def run_command(func, # a *_cli function of this module
-                prog:str, # the command's name, e.g. 'hacnn_features'
-                argv:list|None=None, # the words after the command name; default `sys.argv[1:]`
-               ):
-    "Run `func` as the command `prog`: options from its docments, dashed or underscored, errors as one line and exit code."
-    p = anno_parser(func, prog)
-    p.error = lambda msg: _fail(prog, f"{msg} (see {prog} --help)", 2)
-    for a in p._actions:
-        if a.type is list: a.type, a.nargs = str, '+'                         # `--query a.jpg b.jpg`
-    args = vars(p.parse_args(dashed_options(sys.argv[1:] if argv is None else list(argv), p)))
-    args.pop('pdb', None); args.pop('xtra', None)                             # fastcore's hidden debugging options
-    try: func(**args)
-    except KeyboardInterrupt: _fail(prog, 'interrupted', 130)
-    except Exception as e:
-        if (code := exit_code(e)) is None: raise
-        _fail(prog, e, code)
-
 # %% ../nbs/16_toolbox.ipynb #b774d88c
-COMMANDS = {'features': features_cli, 'query': query_cli, 'attention': attention_cli, 'export': export_cli}
+COMMANDS = {'features': features_cli, 'query': query_cli, 'attention': attention_cli,
+            'export': export_cli}
 
-def features_main(): run_command(features_cli, 'hacnn_features')
-def query_main(): run_command(query_cli, 'hacnn_query')
-def attention_main(): run_command(attention_cli, 'hacnn_attention')
-def export_main(): run_command(export_cli, 'hacnn_export')
+def features_main(argv:list|None=None, # the words after the command; default `sys.argv[1:]`
+                 ): run_command(features_cli, 'hacnn_features', argv)
+def query_main(argv:list|None=None, # the words after the command; default `sys.argv[1:]`
+              ): run_command(query_cli, 'hacnn_query', argv)
+def attention_main(argv:list|None=None, # the words after the command; default `sys.argv[1:]`
+                  ): run_command(attention_cli, 'hacnn_attention', argv)
+def export_main(argv:list|None=None, # the words after the command; default `sys.argv[1:]`
+               ): run_command(export_cli, 'hacnn_export', argv)
 
-def main(argv:list|None=None, # e.g. ['features', '--checkpoint', 'last.pt', ...]; default `sys.argv[1:]`
+def _no_command(argv:list):
+    raise UsageError(f"the first word must be a command: {', '.join(COMMANDS)} (then --help), "
+                     f"not {argv[0]!r}" if argv else
+                     f"the first word must be a command: {', '.join(COMMANDS)} (then --help)")
+
+def main(argv:list|None=None, # e.g. ['features', '--checkpoint', 'last.pt', ...]; default: sys.argv
         ):
-    "`python -m hacnn_nbdev.toolbox COMMAND [options]`, COMMAND one of features, query, attention, export."
+    "`python -m hacnn_nbdev.toolbox COMMAND [options]`: features, query, attention or export."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in COMMANDS:
-        _fail('hacnn_nbdev.toolbox', f"the first word must be a command: {', '.join(COMMANDS)} (then --help)", 2)
-    run_command(COMMANDS[argv[0]], f'hacnn_{argv[0]}', argv[1:])
+    if argv and argv[0] in COMMANDS: run_command(COMMANDS[argv[0]], f'hacnn_{argv[0]}', argv[1:])
+    else: run_main('hacnn_nbdev.toolbox', lambda: _no_command(argv))
 
 # %% ../nbs/16_toolbox.ipynb #fd6961d5
-if __name__ == '__main__' and '__file__' in globals(): main()    # run as a module (a notebook has no __file__)
+if __name__ == '__main__' and '__file__' in globals(): main()  # python -m; not in a notebook

@@ -4,9 +4,9 @@
 
 # %% ../nbs/09_train.ipynb #6c0b283e
 from __future__ import annotations
-import json, math, os, random, signal, sys, threading, time
-from contextlib import nullcontext
-from dataclasses import dataclass, asdict
+import json, math, os, random, socket, sys, time
+from contextlib import contextmanager
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,51 +15,61 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from fastcore.basics import patch
-from fastcore.script import call_parse
 from tqdm.auto import tqdm
-from .core import seed_everything, default_device, save_checkpoint, load_checkpoint, CheckpointError
+from .core import seed_everything, default_device, InputSpec
 from .model import HACNN
-from .data import get_dataset, ReIDDataset, ReIDSampler, MEAN, STD
-from .metrics import compute_distance, evaluate_rank
-from .evaluate import extract_features
+from .checkpoint import (CKPT_FORMAT, CheckpointError, save_checkpoint, load_checkpoint,
+                                    check_checkpoint, model_checkpoint, _fit_problems)
+from .data import get_dataset, check_trainable
+from .loaders import ReIDDataset, ReIDSampler
+from .metrics import score_features
+from .cli import UsageError, parse_dataclass, run_main
+from .runtime import (precision, autocast, DistInfo, init_distributed, StopFlag,
+                                 extract_features, torch_threads)
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'RESUMABLE_CHANGES', 'parse_widths', 'TrainConfig', 'hacnn_loss', 'triplet_loss', 'param_groups',
-           'make_optimizer', 'make_scheduler', 'flip_batch', 'shift_batch', 'erase_batch', 'augment_batch',
-           'get_rng_state', 'set_rng_state', 'precision', 'autocast', 'DistInfo', 'init_distributed', 'StopFlag',
-           'TrainError', 'NonFiniteLossError', 'Trainer', 'train', 'read_history', 'plot_history', 'train_cli']
+__all__ = ['RECIPES', 'RESUMABLE_CHANGES', 'ConfigError', 'parse_widths', 'TrainConfig', 'recipe', 'hacnn_loss', 'triplet_loss',
+           'param_groups', 'make_optimizer', 'make_scheduler', 'flip_batch', 'shift_batch', 'erase_batch',
+           'augment_batch', 'get_rng_state', 'set_rng_state', 'TrainError', 'NonFiniteLossError', 'RunLock', 'Trainer',
+           'train', 'read_history', 'plot_history', 'Interrupted', 'train_cli']
 
 # %% ../nbs/09_train.ipynb #2e0fb094
+class ConfigError(UsageError):
+    "An option of the recipe with an impossible value; the message names the option."
+
 def parse_widths(w:str|tuple|list, # '32,64,96' or (32, 64, 96)
                 ) -> tuple:
     "Inception widths d1,d2,d3 as a tuple of three ints."
-    ws = tuple(int(x) for x in (w.replace(' ', '').split(',') if isinstance(w, str) else w))
-    if len(ws) != 3 or min(ws) <= 0: raise ValueError(f"widths must be three positive integers like 128,256,384, got {w!r}")
+    try: ws = tuple(int(x) for x in (w.replace(' ', '').split(',') if isinstance(w, str) else w))
+    except (TypeError, ValueError): ws = ()
+    if len(ws) != 3 or min(ws) <= 0:
+        raise ConfigError(f"--widths must be three positive integers like 128,256,384, got {w!r}")
     return ws
 
 @dataclass
 class TrainConfig:
     "Every choice of a training run; the defaults are the paper's recipe (Sec. 4)."
     root:str=None           # dataset folder (e.g. data/market1501 or data/synthetic)
-    out:str='runs/train'    # output folder: last.pt, metrics.jsonl, curves.png
-    dataset:str='market1501' # dataset under `root`: market1501, dukemtmcreid, cuhk03, cuhk03np, cuhk01, synthetic (see `get_dataset`)
-    split:int=0             # which random split, for datasets that have several (CUHK01: 0-9; classic CUHK03: 0-19)
+    out:str='runs/train'    # output folder: last.pt (resumable), metrics.jsonl, curves.png, best.pt
+    dataset:str='market1501' # market1501, dukemtmcreid, cuhk03, cuhk03np, cuhk01 or synthetic
+    split:int=0             # which random split (CUHK01: 0-9; CUHK03: 0-19; others have one)
     epochs:int=150          # total epochs (Sec. 4: 150)
     batch_size:int=32       # images per optimiser step, over all processes (Sec. 4: 32)
     optimizer:str='adam'    # 'adam' (Sec. 4) or 'sgd' (momentum 0.9, Nesterov)
     lr:float=None           # learning rate; None gives 5e-4 for Adam (Sec. 4) and 0.05 for SGD
-    theta_lr_mult:float=1.0 # learning-rate factor of the hard-attention FCs that predict Eq. 5's (t_x, t_y); 1: the paper's
+    theta_lr_mult:float=1.0 # lr factor of the hard-attention FCs (Eq. 5's t_x, t_y); 1: the paper's
     weight_decay:float=0.0  # L2 weight decay (the paper mentions none)
-    schedule:str='constant' # 'constant' (Sec. 4), 'step' (x gamma every step_size epochs) or 'cosine'
+    schedule:str='constant' # 'constant' (Sec. 4), 'step', 'multistep' or 'cosine'
     step_size:int=40        # epochs between learning-rate drops of the 'step' schedule
-    gamma:float=0.1         # factor of each 'step' drop
+    milestones:str='150,225' # epochs at which the 'multistep' schedule drops the lr by gamma
+    gamma:float=0.1         # factor of each 'step' / 'multistep' drop
     label_smoothing:float=0.0 # cross-entropy label smoothing (0: the paper's plain softmax loss)
-    triplet:float=0.0       # weight of a batch-hard triplet loss on the global and local features (0: off, as in the paper)
+    triplet:float=0.0       # weight of a batch-hard triplet loss on both features (the paper: 0)
     margin:float=0.3        # the triplet loss's margin
     flip:bool=False         # random horizontal flips (the paper uses no augmentation)
-    random_crop:float=0.0   # random translations of up to this fraction of height and width (0: off, as in the paper)
-    random_erasing:float=0.0 # probability of blanking one random rectangle per image (0: off, as in the paper)
-    sampler:str='random'    # 'random' shuffling, or 'identity': batch_size/num_instances identities x num_instances images
+    random_crop:float=0.0   # random shifts of up to this fraction of the image (the paper: 0)
+    random_erasing:float=0.0 # probability of blanking one random rectangle per image (0: off)
+    sampler:str='random'    # 'random', or 'identity': batch_size/num_instances ids x num_instances
     num_instances:int=4     # images per identity in a batch of the 'identity' sampler
     widths:str='128,256,384' # Inception widths d1,d2,d3 (Sec. 4: 128,256,384)
     feat_dim:int=512        # width of each of the global and local features (Sec. 3.2: 512)
@@ -70,17 +80,60 @@ class TrainConfig:
     cross_attention:bool=True   # ablation switch: cross-attention interaction (Table 6)
     height:int=160          # input height (Sec. 4: 160)
     width:int=64            # input width (Sec. 4: 64)
-    seed:int=0              # seeds the weights, the data order and the flips
+    seed:int=0              # seeds the weights, the data order and the augmentation
     device:str='auto'       # 'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
-    amp:str='auto'          # mixed precision: 'auto' (bf16 on CUDA if supported, else fp16; off on CPU), 'bf16', 'fp16', 'off'
+    amp:str='auto'          # 'auto' (bf16, else fp16, on CUDA; off on CPU), 'bf16', 'fp16', 'off'
     workers:int=-1          # data-loading processes; -1: 4 per GPU on CUDA, 0 (in-process) on CPU
     threads:int=0           # torch CPU threads; 0 leaves torch's default
     eval_every:int=0        # evaluate rank-1/mAP/mINP on query/gallery every k epochs (0: never)
     resume:bool=False       # continue the run in `out` from last.pt
     progress:bool=True      # show progress bars
+    tensorboard:bool=False  # also log to out/tensorboard for TensorBoard (pip install tensorboard)
+    skip_unreadable:bool=False # leave out images that cannot be decoded, named in a warning
     def __post_init__(self):  # canonical, checkpoint-safe forms: plain strings, not Paths or tuples
         self.widths = ','.join(map(str, parse_widths(self.widths)))
         self.root, self.out = (None if self.root is None else str(self.root)), str(self.out)
+        self.validate()
+
+# %% ../nbs/09_train.ipynb #c086e61d
+_CHOICES = dict(optimizer=('adam', 'sgd'), schedule=('constant', 'step', 'multistep', 'cosine'),
+                sampler=('random', 'identity'), amp=('auto', 'bf16', 'fp16', 'off'))
+
+def _rules(c) -> list:
+    "(ok, option, what is expected) for every numeric option of a TrainConfig."
+    return [(c.epochs >= 1, 'epochs', 'at least 1'),
+            (c.batch_size >= 2, 'batch_size', 'at least 2 (batch norm needs two images per batch)'),
+            (c.lr is None or 0 < c.lr < math.inf, 'lr', 'a positive number'),
+            (c.theta_lr_mult > 0, 'theta_lr_mult', 'a positive factor'),
+            (c.weight_decay >= 0, 'weight_decay', '>= 0'),
+            (c.step_size >= 1, 'step_size', 'at least 1 epoch'),
+            (0 < c.gamma <= 1, 'gamma', 'in (0, 1]'),
+            (0 <= c.label_smoothing < 1, 'label_smoothing', 'in [0, 1)'),
+            (c.triplet >= 0, 'triplet', '>= 0'), (c.margin >= 0, 'margin', '>= 0'),
+            (0 <= c.random_crop <= 0.5, 'random_crop', 'a fraction in [0, 0.5]'),
+            (0 <= c.random_erasing <= 1, 'random_erasing', 'a probability in [0, 1]'),
+            (c.num_instances >= 1, 'num_instances', 'at least 1'),
+            (c.feat_dim >= 1, 'feat_dim', 'at least 1'),
+            (c.n_regions >= 1, 'n_regions', 'at least 1'),
+            (c.height >= 16 and c.width >= 8, 'height/--width', 'at least 16 x 8 pixels'),
+            (c.split >= 0, 'split', '>= 0'), (c.workers >= -1, 'workers', '-1 (automatic) or >= 0'),
+            (c.threads >= 0, 'threads', '>= 0 (0: torch\'s default)'),
+            (c.eval_every >= 0, 'eval_every', '>= 0')]
+
+@patch
+def validate(self:TrainConfig):
+    "Refuse impossible options with a `ConfigError` naming the option and what it expects."
+    for k, ok in _CHOICES.items():
+        if getattr(self, k) not in ok:
+            raise ConfigError(f"--{k} {getattr(self, k)!r} is not one of: {', '.join(ok)}")
+    for ok, k, want in _rules(self):
+        if not ok:
+            raise ConfigError(f"--{k} must be {want}, got {getattr(self, k.split('/')[0])!r}")
+    if self.sampler == 'identity' and self.batch_size % self.num_instances:
+        raise ConfigError(f"--batch_size {self.batch_size} must be a multiple of --num_instances "
+                          f"{self.num_instances} for the identity sampler")
+    if self.schedule == 'multistep': self.milestone_list
+    return self
 
 # %% ../nbs/09_train.ipynb #5bcf8ce8
 @patch(as_prop=True)
@@ -88,12 +141,45 @@ def base_lr(self:TrainConfig) -> float:
     "The learning rate: `lr`, or the optimiser's default (Adam 5e-4 as in Sec. 4; SGD 0.05)."
     return self.lr if self.lr is not None else {'adam': 5e-4, 'sgd': 0.05}.get(self.optimizer, 5e-4)
 
+@patch(as_prop=True)
+def milestone_list(self:TrainConfig) -> list:
+    "The 'multistep' schedule's epochs, as increasing integers."
+    try: ms = [int(m) for m in str(self.milestones).replace(' ', '').split(',') if m]
+    except ValueError: ms = []
+    if not ms or ms != sorted(set(ms)) or ms[0] < 1:
+        raise ConfigError("--milestones must be increasing epochs like 150,225, "
+                          f"got {self.milestones!r}")
+    return ms
+
+@patch(as_prop=True)
+def input_spec(self:TrainConfig) -> InputSpec:
+    "The input the run's network is trained on (the normalisation is `InputSpec`'s)."
+    return InputSpec(self.height, self.width)
+
 @patch
 def model_kwargs(self:TrainConfig, num_classes:int) -> dict:
     "Keyword arguments for `HACNN` (what the checkpoint stores as 'model_kwargs')."
-    return dict(num_classes=int(num_classes), widths=list(parse_widths(self.widths)), feat_dim=self.feat_dim,
-                n_regions=self.n_regions, spatial_attention=self.spatial_attention, channel_attention=self.channel_attention,
+    return dict(num_classes=int(num_classes), widths=list(parse_widths(self.widths)),
+                feat_dim=self.feat_dim, n_regions=self.n_regions,
+                spatial_attention=self.spatial_attention, channel_attention=self.channel_attention,
                 hard_attention=self.hard_attention, cross_attention=self.cross_attention)
+
+# %% ../nbs/09_train.ipynb #03e851a1
+RECIPES = {
+    'paper': {},   # Sec. 4: the defaults of TrainConfig
+    'torchreid': dict(optimizer='sgd', lr=0.03, epochs=300, schedule='multistep',
+                      milestones='150,225', gamma=0.1, flip=True, random_crop=0.125),
+    'demo': dict(dataset='synthetic', widths='32,64,96', epochs=16, eval_every=4, schedule='cosine',
+                 flip=True, label_smoothing=0.1, theta_lr_mult=10.0),
+}
+
+def recipe(name:str, # a key of RECIPES: 'paper', 'torchreid' or 'demo'
+           **overrides, # further TrainConfig fields
+          ) -> TrainConfig:
+    "The named recipe as a `TrainConfig`, with `overrides` on top."
+    if name not in RECIPES:
+        raise ConfigError(f"--config {name!r}: no such recipe; known: {', '.join(RECIPES)}")
+    return TrainConfig(**{**RECIPES[name], **overrides})
 
 # %% ../nbs/09_train.ipynb #d07577bd
 def hacnn_loss(global_logits:torch.Tensor, # (N, num_classes) from the global branch
@@ -101,21 +187,22 @@ def hacnn_loss(global_logits:torch.Tensor, # (N, num_classes) from the global br
                pids:torch.Tensor,          # (N,) identity labels 0..num_classes-1
                label_smoothing:float=0.0,  # 0 is the paper's loss
               ) -> tuple:
-    "L = CE(global) + CE(local) (Fig. 2, Eq. 7); returns the loss and a dict of its parts and accuracies."
+    "L = CE(global) + CE(local) (Fig. 2, Eq. 7); returns it and a dict of its parts and accuracies."
     lg = F.cross_entropy(global_logits.float(), pids, label_smoothing=label_smoothing)
     ll = F.cross_entropy(local_logits.float(), pids, label_smoothing=label_smoothing)
     with torch.no_grad():
         hit = lambda z: (z.argmax(1) == pids).float().sum().item()
-        parts = dict(loss_global=lg.item(), loss_local=ll.item(), correct_global=hit(global_logits),
-                     correct_local=hit(local_logits), correct=hit(global_logits.float() + local_logits.float()))
+        parts = dict(loss_global=lg.item(), loss_local=ll.item(),
+                     correct_global=hit(global_logits), correct_local=hit(local_logits),
+                     correct=hit(global_logits.float() + local_logits.float()))
     return lg + ll, parts
 
 # %% ../nbs/09_train.ipynb #a9f3e13e
 def triplet_loss(feats:torch.Tensor, # (N, D) features of one batch
                  pids:torch.Tensor, # (N,) identities
-                 margin:float=0.3, # m: how much nearer the farthest positive must be than the nearest negative
+                 margin:float=0.3, # m: required gap between nearest negative and farthest positive
                 ) -> torch.Tensor:
-    "Batch-hard triplet loss (Hermans et al., 2017), averaged over the anchors that have a positive and a negative."
+    "Mean batch-hard triplet loss (Hermans et al., 2017) of anchors with a positive and a negative."
     d = torch.cdist(feats.float(), feats.float())
     same = pids[:, None] == pids[None, :]
     pos = d.masked_fill(~same, 0).amax(1)
@@ -127,9 +214,10 @@ def triplet_loss(feats:torch.Tensor, # (N, D) features of one batch
 def param_groups(model:nn.Module, # the network
                  cfg:TrainConfig, # theta_lr_mult, base_lr
                 ) -> list:
-    "The model's parameters; the hard-attention FCs (names `*.hard.fc.*`) in a group of their own if `theta_lr_mult` != 1."
-    theta = [p for n, p in model.named_parameters() if '.hard.fc.' in n]   # none when the regions are fixed stripes
-    if cfg.theta_lr_mult == 1 or not theta: return list(model.parameters())   # one group: checkpoints of earlier runs still load
+    "The parameters; the hard-attention FCs (`*.hard.fc.*`) in a 2nd group if `theta_lr_mult` != 1."
+    # none when the regions are fixed stripes
+    theta = [p for n, p in model.named_parameters() if '.hard.fc.' in n]
+    if cfg.theta_lr_mult == 1 or not theta: return list(model.parameters())  # one group
     ids = {id(p) for p in theta}
     return [dict(params=[p for p in model.parameters() if id(p) not in ids]),
             dict(params=theta, lr=cfg.base_lr * cfg.theta_lr_mult)]
@@ -138,30 +226,32 @@ def make_optimizer(params, # the model's parameters, or groups of them (`param_g
                    cfg:TrainConfig, # optimizer, lr, weight_decay
                   ) -> torch.optim.Optimizer:
     "Adam(lr, betas=(0.9, 0.999)) as in Sec. 4, or SGD with Nesterov momentum 0.9."
-    if cfg.optimizer == 'adam': return torch.optim.Adam(params, lr=cfg.base_lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == 'sgd': return torch.optim.SGD(params, lr=cfg.base_lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use 'adam' (the paper's) or 'sgd'")
+    lr, wd = cfg.base_lr, cfg.weight_decay
+    if cfg.optimizer == 'sgd':
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=wd)
 
 def make_scheduler(opt:torch.optim.Optimizer, # the optimiser whose lr is scheduled
                    cfg:TrainConfig, # schedule, step_size, gamma, epochs
                   ):
-    "A per-epoch learning-rate schedule: constant (Sec. 4), step, or cosine."
+    "A per-epoch learning-rate schedule: constant (Sec. 4), step, multistep or cosine."
     S = torch.optim.lr_scheduler
-    if cfg.schedule == 'constant': return S.ConstantLR(opt, factor=1.0, total_iters=0)
     if cfg.schedule == 'step': return S.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.schedule == 'multistep':
+        return S.MultiStepLR(opt, milestones=cfg.milestone_list, gamma=cfg.gamma)
     if cfg.schedule == 'cosine': return S.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'constant', 'step' or 'cosine'")
+    return S.ConstantLR(opt, factor=1.0, total_iters=0)
 
 # %% ../nbs/09_train.ipynb #a4753f37
 def _batch_gen(seed:int, epoch:int, step:int, rank:int, salt:int=0) -> torch.Generator:
-    "A generator that is a pure function of (seed, epoch, step, rank) and of which augmentation (`salt`) asks."
+    "A generator, a pure function of (seed, epoch, step, rank) and of the augmentation (`salt`)."
     base = ((seed * 1_000_003 + epoch) * 100_003 + step) * 101 + rank
     return torch.Generator().manual_seed(base if salt == 0 else base * 7 + salt)
 
 def flip_batch(x:torch.Tensor, # (N, C, H, W) images
                seed:int, epoch:int, step:int, rank:int=0, # what the coin flips depend on
               ) -> torch.Tensor:
-    "Mirror about half of the images left-right; the choice is a pure function of (seed, epoch, step, rank)."
+    "Mirror about half of the images left-right, a pure function of (seed, epoch, step, rank)."
     g = _batch_gen(seed, epoch, step, rank)
     m = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
     return torch.where(m[:, None, None, None], x.flip(-1), x)
@@ -171,13 +261,16 @@ def shift_batch(x:torch.Tensor, # (N, C, H, W) normalised images
                 frac:float, # largest shift, as a fraction of the height and of the width
                 seed:int, epoch:int, step:int, rank:int=0, # what the shifts depend on
                ) -> torch.Tensor:
-    "Translate every image by a random (dy, dx) of up to `frac` of its size; the border it uncovers is 0 (the mean)."
+    "Shift each image by a random (dy, dx) up to `frac` of its size; new pixels are 0 (the mean)."
     if frac <= 0: return x
-    N, _, H, W = x.shape; my, mx = round(frac * H), round(frac * W)
+    N, _, H, W = x.shape
+    my, mx = round(frac * H), round(frac * W)
     g = _batch_gen(seed, epoch, step, rank, salt=1)
-    dy, dx = torch.randint(-my, my + 1, (N,), generator=g), torch.randint(-mx, mx + 1, (N,), generator=g)
+    dy, dx = (torch.randint(-my, my + 1, (N,), generator=g),
+              torch.randint(-mx, mx + 1, (N,), generator=g))
     padded = F.pad(x, (mx, mx, my, my))
-    return torch.stack([padded[i, :, my - a: my - a + H, mx - b: mx - b + W] for i, (a, b) in enumerate(zip(dy.tolist(), dx.tolist()))])
+    return torch.stack([padded[i, :, my - a: my - a + H, mx - b: mx - b + W]
+                        for i, (a, b) in enumerate(zip(dy.tolist(), dx.tolist()))])
 
 # %% ../nbs/09_train.ipynb #b6fdf913
 def erase_batch(x:torch.Tensor, # (N, C, H, W) normalised images
@@ -186,15 +279,17 @@ def erase_batch(x:torch.Tensor, # (N, C, H, W) normalised images
                 area:tuple=(0.02, 0.4), # range of the rectangle's area, as a fraction of the image
                 aspect:tuple=(0.3, 3.3), # range of its height / width
                ) -> torch.Tensor:
-    "Random erasing (Zhong et al., AAAI 2020): with probability `p`, one random rectangle of an image is set to 0 (the mean)."
+    "Random erasing (Zhong et al., AAAI 2020): with chance `p`, a rectangle becomes 0 (the mean)."
     if p <= 0: return x
-    N, _, H, W = x.shape; g = _batch_gen(seed, epoch, step, rank, salt=2)
+    N, _, H, W = x.shape
+    g = _batch_gen(seed, epoch, step, rank, salt=2)
     u = torch.rand(N, 5, generator=g, dtype=torch.float64)
     keep = torch.ones(N, 1, H, W, device=x.device, dtype=x.dtype)
     for i in range(N):
         if u[i, 0] >= p: continue
         s = H * W * (area[0] + (area[1] - area[0]) * u[i, 1].item())
-        r = math.exp(math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * u[i, 2].item())
+        r = math.exp(math.log(aspect[0])
+                     + (math.log(aspect[1]) - math.log(aspect[0])) * u[i, 2].item())
         h, w = min(H, round(math.sqrt(s * r))), min(W, round(math.sqrt(s / r)))
         y, x0 = int(u[i, 3].item() * (H - h + 1)), int(u[i, 4].item() * (W - w + 1))
         keep[i, :, y:y + h, x0:x0 + w] = 0
@@ -215,93 +310,92 @@ def get_rng_state() -> dict:
     "The state of Python's, NumPy's and torch's generators, as tensors and lists."
     v, st, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {'python': [v, list(st), gauss], 'numpy': [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-            'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {'python': [v, list(st), gauss],
+            'numpy': [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 def set_rng_state(s:dict, # from `get_rng_state`
                  ):
     "Restore the generators saved by `get_rng_state`."
-    v, st, gauss = s['python']; random.setstate((v, tuple(st), gauss))
+    v, st, gauss = s['python']
+    random.setstate((v, tuple(st), gauss))
     name, keys, pos, has_gauss, cached = s['numpy']
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(s['torch'])
-    if s['cuda'] and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(s['cuda'])
-
-# %% ../nbs/09_train.ipynb #1d15a16c
-def precision(device:torch.device, # where the model runs
-              amp:str='auto', # 'auto', 'bf16', 'fp16' or 'off'
-             ) -> tuple:
-    "(autocast dtype or None, use a GradScaler?) for `device`."
-    if amp not in ('auto', 'bf16', 'fp16', 'off'): raise ValueError(f"unknown amp {amp!r}: use 'auto', 'bf16', 'fp16' or 'off'")
-    if amp == 'off' or (amp == 'auto' and device.type != 'cuda'): return None, False
-    if amp == 'auto': amp = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
-    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp], amp == 'fp16'
-
-# %% ../nbs/09_train.ipynb #d9921fa2
-def autocast(device:torch.device, # where the model runs
-             dtype=None, # from `precision`; None: full precision
-            ):
-    "torch.autocast for `dtype` on `device`, or a no-op context when dtype is None."
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-# %% ../nbs/09_train.ipynb #81a2cf84
-@dataclass
-class DistInfo:
-    "Where this process sits in a (possibly one-process) job."
-    rank:int=0; world_size:int=1; local_rank:int=0
-    @property
-    def main(self) -> bool: return self.rank == 0
-
-def init_distributed(device:str='auto', # the run's --device
-                    ) -> tuple:
-    "Join the torchrun job described by the environment (NCCL on GPU, gloo on CPU); return (DistInfo, device)."
-    ws = int(os.environ.get('WORLD_SIZE', 1))
-    if ws <= 1: return DistInfo(), default_device(device)
-    info = DistInfo(int(os.environ['RANK']), ws, int(os.environ.get('LOCAL_RANK', 0)))
-    dev = default_device(device)
-    if dev.type == 'cuda': dev = torch.device('cuda', info.local_rank); torch.cuda.set_device(dev)
-    if not dist.is_initialized(): dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-    return info, dev
-
-# %% ../nbs/09_train.ipynb #efc4d21f
-class StopFlag:
-    "Turn SIGINT/SIGTERM into a stop request honoured at the next batch boundary (a second Ctrl-C interrupts)."
-    def __init__(self): self.requested, self.signal, self._old = False, None, {}
-    def _handle(self, signum, frame):
-        self.requested, self.signal = True, signal.Signals(signum).name
-        if signum == signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C is immediate
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._handle)
-        return self
-    def __exit__(self, *exc):
-        for s, h in self._old.items(): signal.signal(s, h)
-        self._old = {}
+    if s['cuda'] and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s['cuda'])
 
 # %% ../nbs/09_train.ipynb #d5dd8d67
 class TrainError(RuntimeError):
-    "A training run that cannot start or go on; the message says what to do."
+    "A training run that cannot start or go on; the message says what to do (exit status 2)."
+    exit_status = 2
 
 class NonFiniteLossError(TrainError):
-    "The loss became NaN or Inf; the last good checkpoint is kept."
+    "The loss became NaN or Inf; the last good checkpoint is kept (exit status 1)."
+    exit_status = 1
 
-CKPT_FORMAT = 'hacnn_nbdev.checkpoint/1'
-# options that may change when a run is resumed; every other option must stay as the run was started
-RESUMABLE_CHANGES = ('root', 'out', 'epochs', 'eval_every', 'workers', 'device', 'amp', 'threads', 'resume', 'progress')
+# options that may change when a run is resumed; every other one must stay as the run was started
+RESUMABLE_CHANGES = ('root', 'out', 'epochs', 'eval_every', 'workers', 'device', 'amp', 'threads',
+                     'resume', 'progress', 'tensorboard', 'skip_unreadable')
+
+# %% ../nbs/09_train.ipynb #92eb85c6
+class RunLock:
+    "A run folder's lock: `out/.lock` holds the owner's pid and host; a stale lock is taken over."
+    def __init__(self, out:str|Path, # the run folder
+                ): self.path, self.held, self.made = Path(out) / '.lock', False, False
+    def _holder(self) -> dict:
+        try: return json.loads(self.path.read_text())
+        except (OSError, ValueError): return {}
+    def _stale(self, h:dict) -> bool:
+        if h.get('host') != socket.gethostname() or not isinstance(h.get('pid'), int): return False
+        try: os.kill(h['pid'], 0)
+        except ProcessLookupError: return True
+        except PermissionError: return False
+        return False
+    def acquire(self):
+        self.made = not self.path.parent.exists()    # a folder made only for the lock goes with it
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.ctime()})
+        for _ in range(2):
+            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                h = self._holder()
+                if self._stale(h):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise TrainError(f"{str(self.path.parent)!r} is in use by another training run "
+                                 f"(process {h.get('pid', '?')} on {h.get('host', '?')}, "
+                                 f"since {h.get('since', '?')}); wait for it, "
+                                 "or choose another --out. If no such run exists, "
+                                 f"delete {str(self.path)!r}.") from None
+            with os.fdopen(fd, 'w') as f: f.write(me)
+            self.held = True
+            return self
+        raise TrainError(f"could not take the lock {str(self.path)!r}")
+    def release(self):
+        if self.held: self.path.unlink(missing_ok=True)
+        if self.held and self.made and not any(self.path.parent.iterdir()): self.path.parent.rmdir()
+        self.held = False
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
 
 # %% ../nbs/09_train.ipynb #6d1acd1e
 class Trainer:
-    "One training run of HA-CNN: data, model, optimiser, checkpoints and log, on CPU, GPU or a torchrun job."
+    "One HA-CNN training run: data, model, optimiser, checkpoints and log, on CPU, GPU or torchrun."
     def __init__(self, cfg:TrainConfig, # the run's recipe
                  log=None, # callable for messages (default: print on the main process)
+                 dist_info:DistInfo|None=None, # rank and world size (from `init_distributed`)
+                 device:torch.device|None=None, # where to train (default: `cfg.device`)
                 ):
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.dist, self.device = init_distributed(cfg.device)
+        self.dist = dist_info or DistInfo()
+        self.device = device if device is not None else default_device(cfg.device)
         self.log = log or (lambda m: tqdm.write(str(m)) if self.dist.main else None)
-        if cfg.threads > 0: torch.set_num_threads(cfg.threads)
         self.history, self.epoch, self.step_in_epoch, self.partial, self.best = [], 0, 0, {}, None
         self.autocast_dtype, use_scaler = precision(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        if cfg.tensorboard: _tensorboard_writer(None)
         self.load_data()
         ckpt = self.check_out()
         self.build(ckpt)
@@ -309,30 +403,60 @@ class Trainer:
 # %% ../nbs/09_train.ipynb #b98b3d7b
 @patch
 def load_data(self:Trainer):
-    "Read the dataset under cfg.root and build the training loader."
+    "Read cfg.root's dataset, check it can train (and be evaluated), build the training loader."
     c = self.cfg
-    if not c.root: raise TrainError("no dataset given: pass --root DIR (e.g. --root data/synthetic; make one with `hacnn_synth --root data/synthetic`)")
+    if not c.root:
+        raise TrainError("no dataset given: pass --root DIR (e.g. --root data/synthetic; "
+                         "make one with `hacnn_synth --root data/synthetic`)")
     if not Path(c.root).is_dir():
-        raise TrainError(f"no data at {c.root!r}: the folder does not exist. Download the dataset there, "
-                         f"or generate the synthetic world with `hacnn_synth --root {c.root}`.")
+        raise TrainError(f"no data at {c.root!r}: the folder does not exist. Download the dataset "
+                         "there, or generate the synthetic world with "
+                         f"`hacnn_synth --root {c.root}`.")
     try: self.ds = get_dataset(c.dataset, c.root, split=c.split)
-    except FileNotFoundError as e: raise TrainError(str(e)) from None  # the data module's message names the layout and the fix
-    except (KeyError, ValueError, RuntimeError) as e: raise TrainError(f"could not read the {c.dataset!r} dataset at {c.root!r}: {e}") from None
-    if not self.ds.train: raise TrainError(f"the dataset at {c.root!r} has no training images; check --root and --dataset")
+    except FileNotFoundError as e:   # it names the layout and the fix
+        raise TrainError(str(e)) from None
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise TrainError(f"could not read the {c.dataset!r} dataset at {c.root!r}: {e}") from None
+    if not self.ds.train:
+        raise TrainError(f"the dataset at {c.root!r} has no training images; "
+                         "check --root and --dataset")
+    check_trainable(self.ds)                         # two identities at least, or a named error
     self.num_classes = self.ds.num_train_pids
-    self.sampler = ReIDSampler([p for _, p, _ in self.ds.train], c.batch_size, c.sampler, c.num_instances, c.seed,
-                               self.dist.rank, self.dist.world_size)
+    if c.eval_every: self.check_test_split()
+    self.train_set = self.dataset(self.ds.train)     # with --skip_unreadable: the readable images
+    self.sampler = ReIDSampler([p for _, p, _ in self.train_set.records], c.batch_size, c.sampler,
+                               c.num_instances, c.seed, self.dist.rank, self.dist.world_size)
     self.sampler.set_epoch(1)
     if len(self.sampler) == 0:
-        raise TrainError(f"{len(self.ds.train)} training images do not fill one batch of {c.batch_size} "
-                         f"(sampler {c.sampler!r}); lower --batch_size")
-    self.train_loader = self.loader(self.ds.train, self.sampler, c.batch_size // self.dist.world_size)
+        raise TrainError(f"{len(self.train_set)} training images do not fill one batch of "
+                         f"{c.batch_size} (sampler {c.sampler!r}); lower --batch_size")
+    self.train_loader = self.loader(self.train_set, self.sampler,
+                                    c.batch_size // self.dist.world_size)
 
 @patch
-def loader(self:Trainer, records:list, sampler=None, batch_size:int=32) -> DataLoader:
-    "A DataLoader over `records` (no random transforms: flips are done on the batch)."
-    c = self.cfg; w = c.workers if c.workers >= 0 else (4 if self.device.type == 'cuda' else 0)
-    ds = ReIDDataset(records, height=c.height, width=c.width)
+def check_test_split(self:Trainer):
+    "With --eval_every, refuse an unscorable test split before the first epoch, not after it."
+    q, g, root = self.ds.query, self.ds.gallery, self.cfg.root
+    if not q or not g:
+        raise TrainError(f"--eval_every {self.cfg.eval_every}: the dataset at {root!r} has "
+                         f"{len(q)} query and {len(g)} gallery images; evaluation needs both")
+    seen = {(pid, cam) for _, pid, cam in g}
+    if not any(any(pid == gp and cam != gc for gp, gc in seen) for _, pid, cam in q[:200]):
+        raise TrainError(f"--eval_every {self.cfg.eval_every}: no query of {root!r} has its person "
+                         "in the gallery under another camera, so nothing can be scored")
+
+@patch
+def dataset(self:Trainer, records:list) -> ReIDDataset:
+    "`records` as tensors of the run's input spec (`06a_loaders`)."
+    c = self.cfg
+    return ReIDDataset(records, height=c.height, width=c.width, skip_unreadable=c.skip_unreadable)
+
+@patch
+def loader(self:Trainer, data:list|ReIDDataset, sampler=None, batch_size:int=32) -> DataLoader:
+    "A DataLoader over records or a dataset (no random transforms: augmentation is on the batch)."
+    c = self.cfg
+    w = c.workers if c.workers >= 0 else (4 if self.device.type == 'cuda' else 0)
+    ds = data if isinstance(data, ReIDDataset) else self.dataset(data)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=w,
                       pin_memory=self.device.type == 'cuda', persistent_workers=w > 0,
                       generator=torch.Generator().manual_seed(c.seed))
@@ -340,28 +464,40 @@ def loader(self:Trainer, records:list, sampler=None, batch_size:int=32) -> DataL
 # %% ../nbs/09_train.ipynb #a93978dc
 def _run_summary(ck:dict) -> str:
     a = ck.get('args', {})
-    return f"epoch {ck.get('epoch')} of {a.get('epochs')}, root {a.get('root')!r}, widths {a.get('widths')!r}"
+    return (f"epoch {ck.get('epoch')} of {a.get('epochs')}, root {a.get('root')!r}, "
+            f"widths {a.get('widths')!r}")
+
+# what a run writes beside last.pt
+_OUTPUTS = ('config.json', 'curves.png', 'best.pt', 'tensorboard')
 
 @patch
 def check_out(self:Trainer) -> dict|None:
-    "Refuse to overwrite another run; load and vet last.pt when resuming; return the checkpoint or None."
+    "Refuse to overwrite runs or files; load and vet last.pt when resuming; return it or None."
     c, last = self.cfg, self.out / 'last.pt'
     if not c.resume:
         if last.exists() or (self.out / 'metrics.jsonl').exists():
             try: held = _run_summary(load_checkpoint(last)) if last.exists() else 'a metrics log'
             except CheckpointError: held = 'an unreadable last.pt'
-            raise TrainError(f"{str(self.out)!r} already holds a training run ({held}). Pass --resume to continue it, "
-                             f"choose another --out, or delete {str(self.out)!r} to start over.")
+            raise TrainError(f"{str(self.out)!r} already holds a training run ({held}). "
+                             f"Pass --resume to continue it, choose another --out, "
+                             f"or delete {str(self.out)!r} to start over.")
+        clash = [n for n in _OUTPUTS if (self.out / n).exists()]
+        if clash:
+            raise TrainError(f"{str(self.out)!r} holds {', '.join(clash)} but no training run; "
+                             "a new run would overwrite them. Choose another --out, "
+                             "or move them away.")
         return None
     if not last.exists():
-        self.log(f"--resume: no checkpoint at {str(last)!r} yet, starting a new run"); return None
-    ck = load_checkpoint(last)
-    if ck.get('format') != CKPT_FORMAT: raise TrainError(f"{str(last)!r} is not a hacnn_train checkpoint (format {ck.get('format')!r}); choose another --out")
+        self.log(f"--resume: no checkpoint at {str(last)!r} yet, starting a new run")
+        return None
+    ck = check_checkpoint(load_checkpoint(last), repr(str(last)))
     n = ck['model_kwargs']['num_classes']
     if n != self.num_classes:
-        raise TrainError(f"{str(last)!r} was trained for {n} identities, but {c.root!r} has {self.num_classes} training identities: "
-                         f"it belongs to another dataset (its run: {_run_summary(ck)}). Resume with that --root, or choose another --out.")
-    self.merge_args(ck['args'])
+        raise TrainError(f"{str(last)!r} was trained for {n} identities, but {c.root!r} has "
+                         f"{self.num_classes} training identities: it belongs to another dataset "
+                         f"(its run: {_run_summary(ck)}). Resume with that --root, "
+                         "or choose another --out.")
+    self.merge_args(ck.get('args', {}))
     return ck
 
 # %% ../nbs/09_train.ipynb #bbb24cda
@@ -370,9 +506,12 @@ def merge_args(self:Trainer, saved:dict):
     "Take the recipe of the run being resumed; refuse options that contradict it."
     c, defaults = self.cfg, TrainConfig()
     clash = [f"--{k} {getattr(c, k)!r} (the run has {saved[k]!r})" for k in saved
-             if k not in RESUMABLE_CHANGES and hasattr(c, k) and getattr(c, k) not in (saved[k], getattr(defaults, k))]
-    if clash: raise TrainError(f"cannot resume {str(self.out)!r} with other settings: " + '; '.join(clash) +
-                               ". Drop these options to continue the run as it was started, or choose another --out.")
+             if k not in RESUMABLE_CHANGES and hasattr(c, k)
+             and getattr(c, k) not in (saved[k], getattr(defaults, k))]
+    if clash:
+        raise TrainError(f"cannot resume {str(self.out)!r} with other settings: " + '; '.join(clash)
+                         + ". Drop these options to continue the run as it was started, "
+                         "or choose another --out.")
     for k, v in saved.items():
         if k not in RESUMABLE_CHANGES and hasattr(c, k): setattr(c, k, v)
 
@@ -382,26 +521,42 @@ def build(self:Trainer, ck:dict|None):
     "Build model, optimiser and scheduler; load them from `ck` when resuming."
     c = self.cfg
     seed_everything(c.seed + self.dist.rank)
-    self.model = HACNN(**c.model_kwargs(self.num_classes)).to(self.device, memory_format=torch.channels_last)
-    if self.device.type == 'cuda': torch.backends.cudnn.benchmark = True
+    self.model = HACNN(**c.model_kwargs(self.num_classes))
+    self.model.input_spec = c.input_spec
+    self.model.to(self.device, memory_format=torch.channels_last)
     self.opt = make_optimizer(param_groups(self.model, c), c)
     self.sched = make_scheduler(self.opt, c)
     if ck is not None: self.load_state(ck)
     self.net, self.feats = self.model, {}
-    if c.triplet > 0:  # the classifiers' inputs are the 512-d features: keep them for the triplet loss (works under DDP)
+    # the classifiers' inputs are the 512-d features: keep them for the triplet loss
+    if c.triplet > 0:
         for k in ('global', 'local'):
-            getattr(self.model, f'{k}_cls').register_forward_pre_hook(lambda m, a, k=k: self.feats.__setitem__(k, a[0]))
+            hook = lambda m, a, k=k: self.feats.__setitem__(k, a[0])
+            getattr(self.model, f'{k}_cls').register_forward_pre_hook(hook)
     if self.dist.world_size > 1:
         ids = [self.device.index] if self.device.type == 'cuda' else None
         self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
 @patch
 def load_state(self:Trainer, ck:dict):
-    "Restore weights, optimiser, scheduler, scaler, position, history and RNG state from a checkpoint."
-    self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['optimizer']); self.sched.load_state_dict(ck['scheduler'])
+    "Restore weights, optimiser, scheduler, scaler, position, history and RNG state from `ck`."
+    probs = _fit_problems(self.model, ck['model'])
+    if probs:
+        raise TrainError(f"{str(self.out / 'last.pt')!r} does not fit the network its settings "
+                         f"build: {'; '.join(probs[:3])}; choose another --out")
+    self.model.load_state_dict(ck['model'])
+    try:
+        self.opt.load_state_dict(ck['optimizer'])
+        self.sched.load_state_dict(ck['scheduler'])
+    except (KeyError, ValueError) as e:
+        raise TrainError(f"{str(self.out / 'last.pt')!r} holds no resumable optimiser state "
+                         f"({e}); it can be evaluated but not resumed: "
+                         "choose another --out") from None
     if ck.get('scaler') and self.scaler.is_enabled(): self.scaler.load_state_dict(ck['scaler'])
-    self.epoch, self.step_in_epoch, self.partial = ck['epoch'], ck.get('step_in_epoch', 0), dict(ck.get('partial', {}))
-    if not self.dist.main: self.partial = {k: v for k, v in self.partial.items() if k == 'time'}  # counts were job totals
+    self.epoch, self.step_in_epoch = ck['epoch'], ck.get('step_in_epoch', 0)
+    self.partial = dict(ck.get('partial', {}))
+    if not self.dist.main:  # the counts were job totals
+        self.partial = {k: v for k, v in self.partial.items() if k == 'time'}
     self.history, self.best = ck.get('history', []), ck.get('best')
     rngs = ck['rng']['ranks']
     set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
@@ -409,17 +564,17 @@ def load_state(self:Trainer, ck:dict):
 # %% ../nbs/09_train.ipynb #cd7bab3d
 @patch
 def checkpoint(self:Trainer) -> dict:
-    "The resumable state of the run, as tensors, numbers, strings, lists and dicts only."
+    "The run's resumable state: `model_checkpoint`'s dict (`05c_checkpoint`) plus the run's state."
     rng = get_rng_state()
+    rngs = [rng]
     if self.dist.world_size > 1:
-        rngs = [None] * self.dist.world_size; dist.all_gather_object(rngs, rng)
-    else: rngs = [rng]
-    c = self.cfg
-    return {'format': CKPT_FORMAT, 'model': self.model.state_dict(), 'model_kwargs': c.model_kwargs(self.num_classes),
-            'epoch': self.epoch, 'step_in_epoch': self.step_in_epoch, 'partial': self.partial,
-            'optimizer': self.opt.state_dict(), 'scheduler': self.sched.state_dict(), 'scaler': self.scaler.state_dict(),
-            'rng': {'ranks': rngs}, 'args': asdict(c), 'history': self.history, 'best': self.best, 'world_size': self.dist.world_size,
-            'data': {'height': c.height, 'width': c.width, 'mean': [float(m) for m in MEAN], 'std': [float(s) for s in STD]}}
+        rngs = [None] * self.dist.world_size
+        dist.all_gather_object(rngs, rng)
+    return model_checkpoint(
+        self.model, self.epoch, self.cfg.input_spec, step_in_epoch=self.step_in_epoch,
+        partial=self.partial, optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+        scaler=self.scaler.state_dict(), rng={'ranks': rngs}, args=asdict(self.cfg),
+        history=self.history, best=self.best, world_size=self.dist.world_size)
 
 @patch
 def save(self:Trainer, name:str='last.pt'):
@@ -436,11 +591,14 @@ def _agree(self:Trainer, *flags:bool) -> list:
     return [bool(v) for v in t.tolist()]
 
 @patch
-def train_step(self:Trainer, x:torch.Tensor, pids:torch.Tensor, step:int, stop:StopFlag) -> dict|None:
+def train_step(self:Trainer, x:torch.Tensor, pids:torch.Tensor, step:int, stop:StopFlag,
+              ) -> dict|None:
     "One optimiser step; returns the loss parts, or None when a stop was requested."
     c = self.cfg
-    if self._agree(stop.requested)[0]: return None  # before the forward pass, which updates BN statistics
-    x = x.to(self.device, non_blocking=True); pids = pids.to(self.device, non_blocking=True)
+    # checked before the forward pass, which updates the BN statistics
+    if self._agree(stop.requested)[0]: return None
+    x = x.to(self.device, non_blocking=True)
+    pids = pids.to(self.device, non_blocking=True)
     x = x.contiguous(memory_format=torch.channels_last)
     x = augment_batch(x, c, self.epoch + 1, step, self.dist.rank)
     with autocast(self.device, self.autocast_dtype): g, l = self.net(x)
@@ -448,37 +606,51 @@ def train_step(self:Trainer, x:torch.Tensor, pids:torch.Tensor, step:int, stop:S
     if c.triplet > 0:
         t = sum(triplet_loss(self.feats[k], pids, c.margin) for k in ('global', 'local'))
         loss, parts = loss + c.triplet * t, dict(parts, loss_triplet=t.item())
-    if self._agree(not math.isfinite(loss.item()))[0]: raise NonFiniteLossError(self._nonfinite_msg(loss.item(), step))
+    if self._agree(not math.isfinite(loss.item()))[0]:
+        raise NonFiniteLossError(self._nonfinite_msg(loss.item(), step))
     self.opt.zero_grad(set_to_none=True)
-    self.scaler.scale(loss).backward(); self.scaler.step(self.opt); self.scaler.update()
+    self.scaler.scale(loss).backward()
+    self.scaler.step(self.opt)
+    self.scaler.update()
     return dict(parts, loss=loss.item(), n=len(pids))
 
 @patch
 def _nonfinite_msg(self:Trainer, v:float, step:int) -> str:
     last = self.out / 'last.pt'
-    kept = f"{str(last)!r} still holds the last good state (epoch {self.epoch})" if last.exists() else "no checkpoint had been written yet"
-    return (f"the loss became {v} at epoch {self.epoch + 1}, batch {step + 1}: training stopped before this step changed the weights; "
-            f"{kept}. Lower the learning rate (now {self.cfg.base_lr:g}), try --amp off, or check the data; then continue with --resume.")
+    kept = (f"{str(last)!r} still holds the last good state (epoch {self.epoch})" if last.exists()
+            else "no checkpoint had been written yet")
+    return (f"the loss became {v} at epoch {self.epoch + 1}, batch {step + 1}: "
+            "training stopped before this step changed the weights; "
+            f"{kept}. Lower the learning rate (now {self.cfg.base_lr:g}), try --amp off, "
+            "or check the data; then continue with --resume.")
 
 # %% ../nbs/09_train.ipynb #4dff0947
-_SUMS = ('loss', 'loss_global', 'loss_local', 'loss_triplet', 'correct_global', 'correct_local', 'correct', 'n', 'time')
+_SUMS = ('loss', 'loss_global', 'loss_local', 'loss_triplet', 'correct_global', 'correct_local',
+         'correct', 'n', 'time')
 
 @patch
 def run_epoch(self:Trainer, stop:StopFlag, bar=None) -> bool:
     "Train one epoch (or its remainder); return False if a stop request cut it short."
-    self.model.train(); e = self.epoch + 1
+    self.model.train()
+    e = self.epoch + 1
     self.sampler.set_epoch(e, skip=self.step_in_epoch)
-    sums = {k: float(self.partial.get(k, 0.)) for k in _SUMS}; t0 = time.perf_counter() - sums['time']
+    sums = {k: float(self.partial.get(k, 0.)) for k in _SUMS}
+    t0 = time.perf_counter() - sums['time']
     for step, (x, pids, _) in enumerate(self.train_loader, start=self.step_in_epoch):
         r = self.train_step(x, pids, step, stop)
         if r is None: break
         for k in _SUMS[:-2]: sums[k] += r.get(k, 0.) * (r['n'] if k.startswith('loss') else 1)
-        sums['n'] += r['n']; self.step_in_epoch = step + 1
-        if bar is not None: bar.update(1); bar.set_postfix(loss=f"{r['loss']:.3f}")
+        sums['n'] += r['n']
+        self.step_in_epoch = step + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{r['loss']:.3f}")
     else: r = True
     sums['time'] = time.perf_counter() - t0
     if self.dist.world_size > 1:  # job totals of the counts; time stays this process's
-        t = torch.tensor([sums[k] for k in _SUMS[:-1]], dtype=torch.float64, device=self.device); dist.all_reduce(t)  # NCCL: on the GPU
+        t = torch.tensor([sums[k] for k in _SUMS[:-1]], dtype=torch.float64,
+                         device=self.device)  # NCCL: on the GPU
+        dist.all_reduce(t)
         sums.update(zip(_SUMS[:-1], t.tolist()))
     self.partial = sums
     return r is not None
@@ -486,49 +658,80 @@ def run_epoch(self:Trainer, stop:StopFlag, bar=None) -> bool:
 # %% ../nbs/09_train.ipynb #67c01638
 @patch
 def end_epoch(self:Trainer):
-    "Log the finished epoch, evaluate if due, step the schedule and checkpoint."
+    "Log the finished epoch and checkpoint it; then evaluate if due, and checkpoint the result."
     s, n = self.partial, max(self.partial['n'], 1)
-    self.epoch += 1; self.sync_buffers()
-    rec = dict(epoch=self.epoch, images=int(s['n']), loss=s['loss'] / n, loss_global=s['loss_global'] / n, loss_local=s['loss_local'] / n,
-               acc=s['correct'] / n, acc_global=s['correct_global'] / n, acc_local=s['correct_local'] / n,
-               lr=self.opt.param_groups[0]['lr'], time=s['time'], images_per_s=s['n'] / max(s['time'], 1e-9))
+    self.epoch += 1
+    self.sync_buffers()
+    rec = dict(epoch=self.epoch, images=int(s['n']), loss=s['loss'] / n,
+               loss_global=s['loss_global'] / n, loss_local=s['loss_local'] / n,
+               acc=s['correct'] / n, acc_global=s['correct_global'] / n,
+               acc_local=s['correct_local'] / n, lr=self.opt.param_groups[0]['lr'], time=s['time'],
+               images_per_s=s['n'] / max(s['time'], 1e-9))
     if self.cfg.triplet > 0: rec['loss_triplet'] = s['loss_triplet'] / n
-    self.sched.step(); self.step_in_epoch, self.partial = 0, {}
-    if self.cfg.eval_every and (self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
+    self.sched.step()
+    self.step_in_epoch, self.partial = 0, {}
+    self.history.append(rec)
+    self.save()                     # the epoch is safe before anything that could fail looks at it
+    self.write_log()
+    c = self.cfg
+    if c.eval_every and (self.epoch % c.eval_every == 0 or self.epoch == c.epochs):
         rec.update(self.evaluate())
         if self.best is None or rec['mAP'] > self.best['mAP']:
             self.best = {k: rec[k] for k in ('epoch', 'rank1', 'mAP', 'mINP')}
             self.save('best.pt')
-    self.history.append(rec)
-    self.save(); self.write_log()
+        self.save()
+        self.write_log()
     return rec
 
 @patch
 def sync_buffers(self:Trainer):
-    "Average the batch-norm running statistics over the processes, so every replica is the same model."
+    "Average the BN running statistics over the processes, so every replica is the same model."
     if self.dist.world_size == 1: return
     for b in self.model.buffers():
-        if b.is_floating_point(): dist.all_reduce(b); b /= self.dist.world_size
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= self.dist.world_size
+
+def _write_atomic(path:Path, text:str):
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+def _tensorboard_writer(out:Path|None):
+    "A TensorBoard SummaryWriter for out/tensorboard (None: only check TensorBoard is installed)."
+    try: from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError("--tensorboard needs the tensorboard package: "
+                         "pip install tensorboard") from None
+    return None if out is None else SummaryWriter(str(out / 'tensorboard'))
 
 @patch
 def write_log(self:Trainer):
-    "Rewrite out/metrics.jsonl from the history (one JSON object per epoch)."
+    "Rewrite out/metrics.jsonl from the history, a JSON object per epoch; and TensorBoard if asked."
     if not self.dist.main: return
-    tmp = self.out / '.metrics.jsonl.tmp'
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in self.history)); os.replace(tmp, self.out / 'metrics.jsonl')
+    _write_atomic(self.out / 'metrics.jsonl', ''.join(json.dumps(r) + '\n' for r in self.history))
+    if getattr(self, 'tb', None) is not None:
+        r = self.history[-1]
+        for k, v in r.items():
+            if k != 'epoch' and isinstance(v, (int, float)): self.tb.add_scalar(k, v, r['epoch'])
+        self.tb.flush()
 
 # %% ../nbs/09_train.ipynb #28fadff5
 @patch
 def evaluate(self:Trainer) -> dict:
-    "rank-1, rank-5, mAP and mINP on the query/gallery split (main process; the others wait)."
+    "rank-1, rank-5, mAP, mINP (fractions) on the query/gallery split (main process; others wait)."
     res = {}
     if self.dist.main:
-        qf, qp, qc = extract_features(self.model, self.loader(self.ds.query, batch_size=128), False, 'query', self.autocast_dtype)
-        gf, gp, gc = extract_features(self.model, self.loader(self.ds.gallery, batch_size=128), False, 'gallery', self.autocast_dtype)
-        r = evaluate_rank(np.asarray(compute_distance(qf, gf)), qp, gp, qc, gc)
-        res = dict(rank1=float(r.cmc[0]), rank5=float(r.cmc[min(4, len(r.cmc) - 1)]), mAP=float(r.mAP), mINP=float(r.mINP))
+        feats = [extract_features(self.model, self.loader(recs, batch_size=128), False, name,
+                                  self.autocast_dtype)
+                 for name, recs in (('query', self.ds.query), ('gallery', self.ds.gallery))]
+        (qf, qp, qc), (gf, gp, gc) = feats
+        s = score_features(qf, gf, qp, gp, qc, gc).scores(ranks=(1, 5))
+        res = {k: s[k] for k in ('rank1', 'rank5', 'mAP', 'mINP') if k in s}
     if self.dist.world_size > 1:
-        box = [res]; dist.broadcast_object_list(box, src=0); res = box[0]
+        box = [res]
+        dist.broadcast_object_list(box, src=0)
+        res = box[0]
     return res
 
 # %% ../nbs/09_train.ipynb #1b7afb40
@@ -537,41 +740,68 @@ def fit(self:Trainer) -> list:
     "Train from the current epoch to cfg.epochs; save on stop; return the history."
     c, main = self.cfg, self.dist.main
     if self.epoch >= c.epochs:
-        self.log(f"{str(self.out)!r} has already trained {self.epoch} of {c.epochs} epochs: nothing to do (pass a larger --epochs to go on)")
+        self.log(f"{str(self.out)!r} has already trained {self.epoch} of {c.epochs} epochs: "
+                 "nothing to do (pass a larger --epochs to go on)")
         return self.history
-    if main: self.out.mkdir(parents=True, exist_ok=True); (self.out / 'config.json').write_text(json.dumps(asdict(c), indent=1))
-    self.log(f"training HA-CNN on {self.device} x {self.dist.world_size} process(es): {len(self.ds.train)} images, "
-             f"{self.num_classes} identities, epochs {self.epoch + 1}..{c.epochs}, out {str(self.out)!r}")
+    self.tb = None
+    if main:
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.out / 'config.json', json.dumps(asdict(c), indent=1))
+        if c.tensorboard: self.tb = _tensorboard_writer(self.out)
+    self.log(f"training HA-CNN on {self.device} x {self.dist.world_size} process(es): "
+             f"{len(self.ds.train)} images, {self.num_classes} identities, "
+             f"epochs {self.epoch + 1}..{c.epochs}, out {str(self.out)!r}")
     bars = dict(disable=not (main and c.progress), dynamic_ncols=True)
-    with StopFlag() as stop, tqdm(total=c.epochs, initial=self.epoch, desc='epochs', **bars) as ebar:
+    with StopFlag() as stop, tqdm(total=c.epochs, initial=self.epoch, desc='epochs',
+                                  **bars) as ebar:
         while self.epoch < c.epochs:
             self.sampler.set_epoch(self.epoch + 1, self.step_in_epoch)
-            with tqdm(total=len(self.sampler) // self.train_loader.batch_size, desc=f'epoch {self.epoch + 1}', leave=False, **bars) as bar:
+            n = len(self.sampler) // self.train_loader.batch_size
+            with tqdm(total=n, desc=f'epoch {self.epoch + 1}', leave=False, **bars) as bar:
                 if not self.run_epoch(stop, bar): break
-            rec = self.end_epoch(); ebar.update(1); ebar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
+            rec = self.end_epoch()
+            ebar.update(1)
+            ebar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
     if stop.requested:
-        self.save(); self.write_log()
-        self.log(f"stopped by {stop.signal or 'request'}: saved {str(self.out / 'last.pt')!r} at epoch {self.epoch} + {self.step_in_epoch} batches; "
-                 "continue with --resume")
+        self.save()
+        self.write_log()
+        self.log(f"stopped by {stop.signal or 'request'}: saved {str(self.out / 'last.pt')!r} "
+                 f"at epoch {self.epoch} + {self.step_in_epoch} batches; continue with --resume")
     if main and self.history: plot_history(self.history, self.out / 'curves.png')
+    if self.tb is not None: self.tb.close()
     return self.history
 
 # %% ../nbs/09_train.ipynb #badd5b70
 def train(cfg:TrainConfig|None=None, # the recipe; keyword arguments override its fields
+          log=None, # callable for messages (default: print on the main process)
           **kwargs) -> Trainer:
     "Train HA-CNN as `cfg` says; return the trainer (its model, history and out folder)."
     cfg = TrainConfig(**{**(asdict(cfg) if cfg else {}), **kwargs})
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {cfg.out!r} is a file; "
+                         "expected a folder (it is created if missing)")
+    bench = torch.backends.cudnn.benchmark
     try:
-        t = Trainer(cfg); t.fit()
+        info, device = init_distributed(cfg.device)
+        torch.backends.cudnn.benchmark = device.type == 'cuda'
+        with torch_threads(cfg.threads), (RunLock(out) if info.main else _no_lock()):
+            t = Trainer(cfg, log, info, device)
+            t.fit()
         return t
     finally:
+        torch.backends.cudnn.benchmark = bench
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+
+@contextmanager
+def _no_lock(): yield
 
 # %% ../nbs/09_train.ipynb #501456ab
 def read_history(path:str|Path, # a metrics.jsonl (or the run folder holding it)
                 ) -> list:
     "The per-epoch records of a run's metrics.jsonl."
-    p = Path(path); p = p / 'metrics.jsonl' if p.is_dir() else p
+    p = Path(path)
+    p = p / 'metrics.jsonl' if p.is_dir() else p
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
 
 def plot_history(history:list, # records from `read_history` / `Trainer.history`
@@ -579,68 +809,51 @@ def plot_history(history:list, # records from `read_history` / `Trainer.history`
                 ):
     "Loss, accuracy, learning rate and (if evaluated) rank-1/mAP against epoch."
     import matplotlib.pyplot as plt
-    ep = [r['epoch'] for r in history]; ev = [r for r in history if 'rank1' in r]
-    fig, ax = plt.subplots(1, 4 if ev else 3, figsize=(14 if ev else 11, 3), constrained_layout=True)
-    for k, lab in (('loss', 'total'), ('loss_global', 'global'), ('loss_local', 'local')): ax[0].plot(ep, [r[k] for r in history], label=lab)
-    for k, lab in (('acc', 'combined'), ('acc_global', 'global'), ('acc_local', 'local')): ax[1].plot(ep, [r[k] for r in history], label=lab)
-    ax[2].plot(ep, [r['lr'] for r in history]); ax[2].set_yscale('log')
+    ep = [r['epoch'] for r in history]
+    ev = [r for r in history if 'rank1' in r]
+    fig, ax = plt.subplots(1, 4 if ev else 3, figsize=(14 if ev else 11, 3),
+                           constrained_layout=True)
+    for k, lab in (('loss', 'total'), ('loss_global', 'global'), ('loss_local', 'local')):
+        ax[0].plot(ep, [r[k] for r in history], label=lab)
+    for k, lab in (('acc', 'combined'), ('acc_global', 'global'), ('acc_local', 'local')):
+        ax[1].plot(ep, [r[k] for r in history], label=lab)
+    ax[2].plot(ep, [r['lr'] for r in history])
+    ax[2].set_yscale('log')
     if ev:
-        for k in ('rank1', 'mAP', 'mINP'): ax[3].plot([r['epoch'] for r in ev], [r[k] for r in ev], 'o-', label=k)
-    for a, t in zip(ax, ('training loss', 'training accuracy', 'learning rate', 'test (query/gallery)')):
-        a.set_title(t); a.set_xlabel('epoch'); (a.legend() if a.get_legend_handles_labels()[0] else None)
-    if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
+        for k in ('rank1', 'mAP', 'mINP'):
+            ax[3].plot([r['epoch'] for r in ev], [r[k] for r in ev], 'o-', label=k)
+    for a, t in zip(ax, ('training loss', 'training accuracy', 'learning rate',
+                         'test (query/gallery)')):
+        a.set_title(t)
+        a.set_xlabel('epoch')
+        if a.get_legend_handles_labels()[0]: a.legend()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
     return fig
 
 # %% ../nbs/09_train.ipynb #18d82627
-def _cli_fail(e:BaseException, code:int):
-    if int(os.environ.get('RANK', 0)) == 0: print(f"hacnn_train: error: {e}", file=sys.stderr)
-    sys.exit(code)
+class Interrupted(TrainError):
+    "A second Ctrl-C: the run stopped at once, without saving the current epoch (exit status 130)."
+    exit_status = 130
+
+def _run(cfg:TrainConfig):
+    try:
+        train(cfg, log=lambda m: (tqdm.write(str(m)) if int(os.environ.get('RANK', 0)) == 0
+                                  else None))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted twice: exited without saving the current epoch; "
+                          f"{str(Path(cfg.out) / 'last.pt')!r} "
+                          "holds the last saved state") from None
 
 # %% ../nbs/09_train.ipynb #7228a280
-@call_parse
-def train_cli(root:str=None, # dataset folder (e.g. data/market1501, data/synthetic)
-              out:str='runs/train', # output folder: last.pt (resumable), metrics.jsonl, curves.png, best.pt
-              dataset:str='market1501', # dataset layout: market1501, dukemtmcreid, cuhk03, cuhk03np, cuhk01, synthetic
-              split:int=0, # which random split, for datasets that have several (CUHK01: 0-9; classic CUHK03: 0-19)
-              epochs:int=150, # total epochs (Sec. 4: 150)
-              batch_size:int=32, # images per step over all processes (Sec. 4: 32)
-              optimizer:str='adam', # adam (Sec. 4: betas 0.9, 0.999) or sgd (Nesterov momentum 0.9)
-              lr:float=None, # learning rate (default: 5e-4 for adam as in Sec. 4, 0.05 for sgd)
-              theta_lr_mult:float=1.0, # learning-rate factor of the hard-attention FCs (Eq. 5's region positions)
-              weight_decay:float=0.0, # L2 weight decay
-              schedule:str='constant', # constant (Sec. 4), step or cosine
-              step_size:int=40, # epochs between drops of the step schedule
-              gamma:float=0.1, # factor of each step drop
-              label_smoothing:float=0.0, # cross-entropy label smoothing (0: the paper's)
-              triplet:float=0.0, # weight of a batch-hard triplet loss on the global and local features (0: off)
-              margin:float=0.3, # the triplet loss's margin
-              flip:bool=False, # random horizontal flips (the paper uses no augmentation)
-              random_crop:float=0.0, # random translations of up to this fraction of the image size (0: off)
-              random_erasing:float=0.0, # probability of erasing one random rectangle per image (0: off)
-              sampler:str='random', # random, or identity (batch_size/num_instances ids x num_instances images)
-              num_instances:int=4, # images per identity in an identity-sampler batch
-              widths:str='128,256,384', # Inception widths d1,d2,d3 (Sec. 4: 128,256,384; the CPU demo uses 32,64,96)
-              feat_dim:int=512, # size of the global and of the local feature (Sec. 3.2: 512)
-              n_regions:int=4, # T, hard-attention regions (Sec. 4: 4)
-              spatial_attention:bool=True, # soft spatial attention (Table 5 ablation: --no-spatial_attention)
-              channel_attention:bool=True, # soft channel attention (Table 5 ablation)
-              hard_attention:bool=True, # hard regional attention (Table 5 ablation)
-              cross_attention:bool=True, # cross-attention interaction (Table 6 ablation)
-              height:int=160, # input height (Sec. 4: 160)
-              width:int=64, # input width (Sec. 4: 64)
-              seed:int=0, # seeds weights, data order and flips
-              device:str='auto', # auto (CUDA if present, else CPU), cpu, cuda, cuda:1
-              amp:str='auto', # mixed precision: auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, off
-              workers:int=-1, # data-loading processes (-1: 4 on CUDA, 0 on CPU)
-              threads:int=0, # torch CPU threads (0: torch's default)
-              eval_every:int=0, # evaluate rank-1/mAP/mINP every k epochs (0: never)
-              resume:bool=False, # continue the run in --out from its last.pt
-              progress:bool=True, # progress bars
+def train_cli(argv:list|None=None, # the words after `hacnn_train` (default: the command line)
              ):
-    "Train HA-CNN (default: the paper's recipe, Sec. 4). OUT/last.pt is always resumable; Ctrl-C saves; --resume continues; torchrun runs DDP."
-    cfg = TrainConfig(**dict(locals()))  # the arguments, by the names TrainConfig uses
-    try: train(cfg)
-    except NonFiniteLossError as e: _cli_fail(e, 1)
-    except (TrainError, CheckpointError, ValueError) as e: _cli_fail(e, 2)
-    except KeyboardInterrupt:
-        _cli_fail(f"interrupted twice: exited without saving the current epoch; {str(Path(out) / 'last.pt')!r} holds the last saved state", 130)
+    ("Train HA-CNN (default: the paper's recipe, Sec. 4). OUT/last.pt is always resumable; "
+     "Ctrl-C saves; --resume continues; torchrun runs DDP.")
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    about = train_cli.__doc__ + f" Named recipes for --config: {', '.join(RECIPES)}."
+    debug = '--debug' in argv
+    run_main('hacnn_train',
+             lambda: _run(parse_dataclass(TrainConfig, argv, 'hacnn_train', RECIPES, about)[0]),
+             debug)

@@ -11,52 +11,53 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 from PIL import Image
-from .data import MEAN, STD
+from .core import InputSpec
+from .data import read_image
+from .loaders import denormalise
 
 # %% auto #0
-__all__ = ['REGION_COLOURS', 'denormalize', 'prepare_image', 'box_to_pixels', 'draw_regions', 'upsample_map', 'stretch_map',
-           'draw_heatmap', 'draw_attention_row', 'attention_arrays', 'attention_grid', 'plot_attention', 'load_for_viz',
-           'region_table', 'print_region_table']
-
-# %% ../nbs/11_visualize.ipynb #c156d202
-def _norm_stats(mean=None, std=None):
-    "`mean`, `std` as (3,) float arrays; `None` takes the data module's constants."
-    mean, std = MEAN if mean is None else mean, STD if std is None else std
-    mean, std = np.asarray(mean, dtype=np.float32).reshape(-1), np.asarray(std, dtype=np.float32).reshape(-1)
-    if mean.shape != (3,) or std.shape != (3,): raise ValueError(f"mean and std need 3 values (one per RGB channel), got {mean.shape} and {std.shape}")
-    return mean, std
+__all__ = ['REGION_COLOURS', 'to_picture', 'prepare_image', 'box_to_pixels', 'draw_regions', 'upsample_map', 'stretch_map',
+           'draw_heatmap', 'draw_attention_row', 'attention_arrays', 'attention_grid', 'plot_attention', 'region_table',
+           'format_region_table']
 
 # %% ../nbs/11_visualize.ipynb #0a2d8efc
-def denormalize(x:torch.Tensor|np.ndarray, # (3,H,W) or (1,3,H,W) normalised image
-                mean=None, # per-channel mean used to normalise; `None`: the data module's
-                std=None,  # per-channel std used to normalise; `None`: the data module's
-               ) -> np.ndarray:
-    "Undo the input normalisation: (H,W,3) float image in [0,1] for display."
-    x = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+def to_picture(x:torch.Tensor, # (3,H,W) or (1,3,H,W) normalised image
+               spec:InputSpec|None=None, # its normalisation (default: `InputSpec()`)
+              ) -> np.ndarray:
+    "The (H,W,3) picture in [0,1] of a normalised image (`06a_loaders.denormalise`, channels last)."
+    x = torch.as_tensor(x).detach().cpu().float()
     if x.ndim == 4 and x.shape[0] == 1: x = x[0]
-    if x.ndim != 3 or x.shape[0] != 3: raise ValueError(f"expected one image of shape (3,H,W), got {tuple(x.shape)}")
-    mean, std = _norm_stats(mean, std)
-    return np.clip(x.transpose(1, 2, 0) * std + mean, 0, 1)
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected one image of shape (3,H,W), got {tuple(x.shape)}")
+    spec = spec or InputSpec()
+    return denormalise(x, spec.mean, spec.std).permute(1, 2, 0).numpy()
 
 # %% ../nbs/11_visualize.ipynb #1f959e6a
+def _pil(img:np.ndarray) -> Image.Image:
+    "An (H,W,3) uint8 array, or a float one in [0,1], as a PIL image."
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"an array image must be (H,W,3) RGB, got {img.shape}")
+    if img.dtype != np.uint8: img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(img)
+
 def prepare_image(img, # path, PIL image, (H,W,3) array, or normalised (3,H,W)/(1,3,H,W) tensor
-                  height:int=160, # model input height (pictures are resized to it)
-                  width:int=64,   # model input width
-                  mean=None, std=None, # normalisation; `None`: the data module's
+                  spec:InputSpec|None=None, # input size and normalisation (default: `InputSpec()`)
                  ) -> tuple[torch.Tensor, np.ndarray]:
     "Model input (1,3,H,W) and the (H,W,3) picture in [0,1] to draw under the maps."
+    spec = spec or InputSpec()
     if isinstance(img, torch.Tensor):
         x = img[None] if img.ndim == 3 else img
-        if x.ndim != 4 or x.shape[:2] != (1, 3): raise ValueError(f"a tensor image must be (3,H,W) or (1,3,H,W), got {tuple(img.shape)}")
-        return x.float(), denormalize(x, mean, std)
-    if isinstance(img, (str, Path)): img = Image.open(img)
-    if isinstance(img, np.ndarray):
-        if img.ndim != 3 or img.shape[2] != 3: raise ValueError(f"an array image must be (H,W,3) RGB, got {img.shape}")
-        img = Image.fromarray(img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255).round().astype(np.uint8))
-    if not isinstance(img, Image.Image): raise TypeError(f"cannot read an image from a {type(img).__name__}")
-    pic = np.asarray(img.convert('RGB').resize((width, height), Image.BILINEAR), dtype=np.float32) / 255
-    mean, std = _norm_stats(mean, std)
-    x = torch.from_numpy(((pic - mean) / std).transpose(2, 0, 1).copy())[None]
+        if x.ndim != 4 or x.shape[:2] != (1, 3):
+            raise ValueError(f"a tensor image must be (3,H,W) or (1,3,H,W), got {tuple(img.shape)}")
+        return x.float(), to_picture(x, spec)
+    if isinstance(img, (str, Path)): img = read_image(img)
+    if isinstance(img, np.ndarray): img = _pil(img)
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"cannot read an image from a {type(img).__name__}")
+    size = (spec.width, spec.height)
+    pic = np.asarray(img.convert('RGB').resize(size, Image.BILINEAR), dtype=np.float32) / 255
+    mean, std = np.float32(spec.mean), np.float32(spec.std)
+    x = torch.from_numpy(((pic - mean) / std).transpose(2, 0, 1).copy())[None]  # (1, 3, H, W)
     return x, pic
 
 # %% ../nbs/11_visualize.ipynb #e7036d3c
@@ -80,7 +81,8 @@ def draw_regions(ax, # matplotlib axes holding the image
     patches = []
     for k, b in enumerate(boxes):
         l, t, w, h = box_to_pixels(b, height, width)
-        patches.append(ax.add_patch(Rectangle((l, t), w, h, fill=False, lw=lw, ec=colours[k % len(colours)])))
+        ec = colours[k % len(colours)]
+        patches.append(ax.add_patch(Rectangle((l, t), w, h, fill=False, lw=lw, ec=ec)))
     return patches
 
 # %% ../nbs/11_visualize.ipynb #6b1016cb
@@ -90,8 +92,10 @@ def upsample_map(amap, # (h, w) or (1, h, w) attention map
     "Bilinearly resize one attention map to (height, width)."
     a = torch.as_tensor(np.asarray(amap, dtype=np.float32))
     if a.ndim == 3 and a.shape[0] == 1: a = a[0]
-    if a.ndim != 2: raise ValueError(f"an attention map must be (h,w) or (1,h,w), got {tuple(a.shape)}")
-    return F.interpolate(a[None, None], size=(height, width), mode='bilinear', align_corners=False)[0, 0].numpy()
+    if a.ndim != 2:
+        raise ValueError(f"an attention map must be (h,w) or (1,h,w), got {tuple(a.shape)}")
+    up = F.interpolate(a[None, None], size=(height, width), mode='bilinear', align_corners=False)
+    return up[0, 0].numpy()
 
 def stretch_map(a:np.ndarray, # any map
                ) -> np.ndarray:
@@ -103,7 +107,7 @@ def stretch_map(a:np.ndarray, # any map
 def draw_heatmap(ax, # matplotlib axes
                  pic:np.ndarray, # (H, W, 3) picture in [0,1]
                  amap, # (h, w) or (1, h, w) attention map in [0,1]
-                 alpha:float=0.5, # opacity of the heat map over the picture (0: picture only, 1: map only)
+                 alpha:float=0.5, # opacity of the heat map (0: picture only, 1: map only)
                  cmap:str='jet', # colour map (Fig. 6 uses a jet-like scale)
                  stretch:bool=True, # rescale the map to its own [min, max] before colouring
                 ):
@@ -117,20 +121,24 @@ def draw_heatmap(ax, # matplotlib axes
 # %% ../nbs/11_visualize.ipynb #1b13838e
 def draw_attention_row(axes, # 1 + 2L matplotlib axes, left to right
                        pic:np.ndarray, # (H, W, 3) picture in [0,1]
-                       levels:list, # per level: dict with 'spatial' (h,w) and 'boxes' (T,4) for one image
-                       alpha:float=0.5, cmap:str='jet', stretch:bool=True, # heat-map look, as in `draw_heatmap`
+                       levels:list, # per level: 'spatial' (h,w) and 'boxes' (T,4) of one image
+                       alpha:float=0.5, cmap:str='jet', stretch:bool=True, # as in `draw_heatmap`
                        titles:bool=True, # write the panel titles of Fig. 6
                       ):
     "Draw the picture, then for every level its hard regions (HA) and soft spatial attention (SA)."
-    if len(axes) != 1 + 2 * len(levels): raise ValueError(f"{len(levels)} levels need {1 + 2*len(levels)} axes, got {len(axes)}")
+    if len(axes) != 1 + 2 * len(levels):
+        raise ValueError(f"{len(levels)} levels need {1 + 2*len(levels)} axes, got {len(axes)}")
     H, W = pic.shape[:2]
     axes[0].imshow(pic)
     for l, lv in enumerate(levels):
-        axes[1 + 2*l].imshow(pic); draw_regions(axes[1 + 2*l], lv['boxes'], H, W)
+        axes[1 + 2*l].imshow(pic)
+        draw_regions(axes[1 + 2*l], lv['boxes'], H, W)
         draw_heatmap(axes[2 + 2*l], pic, lv['spatial'], alpha=alpha, cmap=cmap, stretch=stretch)
-    names = ['image'] + [n for l in range(len(levels)) for n in (f'HA {l+1}', f'SA {l+1}' + ('*' if stretch else ''))]
+    sa = lambda l: f'SA {l+1}' + ('*' if stretch else '')
+    names = ['image'] + [n for l in range(len(levels)) for n in (f'HA {l+1}', sa(l))]
     for ax, n in zip(axes, names):
-        ax.set_xlim(-0.5, W - 0.5); ax.set_ylim(H - 0.5, -0.5); ax.set_axis_off()
+        ax.set(xlim=(-0.5, W - 0.5), ylim=(H - 0.5, -0.5))
+        ax.set_axis_off()
         if titles: ax.set_title(n, fontsize=9)
     return axes
 
@@ -139,17 +147,23 @@ def _check_level(l, lv, n):
     "Raise a clear error if one level's maps break the `attention_maps` contract."
     for k, nd in (('spatial', 4), ('soft', 4), ('boxes', 3)):
         if k not in lv: raise KeyError(f"attention_maps()[{l}] has no {k!r} (keys: {sorted(lv)})")
-        if lv[k].ndim != nd or lv[k].shape[0] != n: raise ValueError(f"attention_maps()[{l}][{k!r}] has shape {tuple(lv[k].shape)}; expected {nd} dims with batch {n}")
-    if lv['spatial'].shape[1] != 1 or lv['boxes'].shape[2] != 4: raise ValueError(f"level {l}: 'spatial' must be (N,1,h,w) and 'boxes' (N,T,4)")
+        if lv[k].ndim != nd or lv[k].shape[0] != n:
+            raise ValueError(f"attention_maps()[{l}][{k!r}] has shape {tuple(lv[k].shape)}; "
+                             f"expected {nd} dims with batch {n}")
+    if lv['spatial'].shape[1] != 1 or lv['boxes'].shape[2] != 4:
+        raise ValueError(f"level {l}: 'spatial' must be (N,1,h,w) and 'boxes' (N,T,4)")
     s = lv['spatial']
-    if s.min() < -1e-6 or s.max() > 1 + 1e-6: raise ValueError(f"level {l}: 'spatial' must lie in [0,1], got [{s.min():.3g}, {s.max():.3g}]")
+    if s.min() < -1e-6 or s.max() > 1 + 1e-6:
+        raise ValueError(f"level {l}: 'spatial' must lie in [0,1], "
+                         f"got [{s.min():.3g}, {s.max():.3g}]")
 
 def attention_arrays(model, # a HACNN (anything with `attention_maps(x)` per the model contract)
                      x:torch.Tensor, # (N, 3, H, W) normalised input batch
-                     which:str='spatial', # 'spatial' ($S^l$, Fig. 6) or 'soft' (channel mean of $A^l$)
+                     which:str='spatial', # 'spatial' ($S^l$, Fig. 6) or 'soft' (mean of $A^l$)
                     ) -> list[dict]:
     "Per level, numpy 'spatial' (N,h,w) maps and 'boxes' (N,T,4), read from `model.attention_maps`."
-    if which not in ('spatial', 'soft'): raise ValueError(f"which must be 'spatial' or 'soft', got {which!r}")
+    if which not in ('spatial', 'soft'):
+        raise ValueError(f"which must be 'spatial' or 'soft', got {which!r}")
     was_training = model.training
     p = next(model.parameters(), None)
     try:
@@ -167,9 +181,8 @@ def attention_arrays(model, # a HACNN (anything with `attention_maps(x)` per the
 # %% ../nbs/11_visualize.ipynb #de3a0a0d
 def attention_grid(model, # a HACNN (or anything with `attention_maps`)
                    images:list, # paths, PIL images, (H,W,3) arrays or normalised tensors
-                   height:int=160, width:int=64, # model input size (pictures are resized to it)
-                   mean=None, std=None, # normalisation; `None`: the data module's
-                   which:str='spatial', # 'spatial' (Fig. 6) or 'soft' (channel mean of the full soft attention)
+                   spec:InputSpec|None=None, # size, normalisation (default: `model.input_spec`)
+                   which:str='spatial', # 'spatial' (Fig. 6) or 'soft' (channel mean of $A^l$)
                    per_row:int=1, # people drawn side by side in one row of the grid
                    alpha:float=0.5, cmap:str='jet', stretch:bool=True, # heat-map look
                    panel_size:tuple=(1.0, 2.3), # inches per panel (width, height)
@@ -177,39 +190,27 @@ def attention_grid(model, # a HACNN (or anything with `attention_maps`)
     "Fig. 6 for several images: per image the picture, then HA and SA for every level."
     if isinstance(images, torch.Tensor) and images.ndim == 4: images = list(images)
     if len(images) == 0: raise ValueError("attention_grid needs at least one image")
-    prepped = [prepare_image(im, height, width, mean, std) for im in images]
-    x = torch.cat([p[0] for p in prepped])
-    levels = attention_arrays(model, x, which)
-    ncol = 1 + 2 * len(levels); nrow = -(-len(images) // per_row)
+    spec = spec or getattr(model, 'input_spec', None)
+    prepped = [prepare_image(im, spec) for im in images]
+    levels = attention_arrays(model, torch.cat([p[0] for p in prepped]), which)
+    ncol, nrow = 1 + 2 * len(levels), -(-len(images) // per_row)
     fig, axes = plt.subplots(nrow, ncol * per_row, squeeze=False,
                              figsize=(panel_size[0] * ncol * per_row, panel_size[1] * nrow))
     for ax in axes.flat: ax.set_axis_off()
     for i, (_, pic) in enumerate(prepped):
         r, c = divmod(i, per_row)
         one = [dict(spatial=lv['spatial'][i], boxes=lv['boxes'][i]) for lv in levels]
-        draw_attention_row(axes[r, c*ncol:(c+1)*ncol], pic, one, alpha, cmap, stretch, titles=(r == 0))
+        row = axes[r, c*ncol:(c+1)*ncol]
+        draw_attention_row(row, pic, one, alpha, cmap, stretch, titles=(r == 0))
     fig.tight_layout()
     return fig
 
 def plot_attention(model, # a HACNN (or anything with `attention_maps`)
                    img, # path, PIL image, (H,W,3) array or normalised tensor
-                   **kwargs, # passed to `attention_grid` (height, width, mean, std, which, alpha, ...)
+                   **kwargs, # passed to `attention_grid` (spec, which, alpha, stretch, ...)
                   ):
     "Fig. 6 for one image: the picture, then HA (boxes) and SA (heat map) for every level."
     return attention_grid(model, [img], **kwargs)
-
-# %% ../nbs/11_visualize.ipynb #41a71669
-def load_for_viz(ckpt, # path to a checkpoint written by hacnn_train, or the loaded dict
-                 map_location='cpu', # where to load the weights
-                ) -> tuple:
-    "A model in eval mode and the keywords (height, width, mean, std) it was trained with."
-    from hacnn_nbdev.core import load_checkpoint
-    from hacnn_nbdev.model import HACNN
-    ck = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt, map_location)
-    model = HACNN.from_checkpoint(ck, map_location=map_location).eval()
-    d = ck.get('data') or {}
-    kw = {k: d[k] for k in ('height', 'width', 'mean', 'std') if k in d}
-    return model, kw
 
 # %% ../nbs/11_visualize.ipynb #107563be
 def region_table(boxes_per_level:list, # per level, (N, T, 4) boxes (x0,y0,x1,y1) in fractions
@@ -220,13 +221,18 @@ def region_table(boxes_per_level:list, # per level, (N, T, 4) boxes (x0,y0,x1,y1
         b = np.asarray(b, dtype=np.float64)
         cy, cx = (b[..., 1] + b[..., 3]) / 2, (b[..., 0] + b[..., 2]) / 2   # (N, T)
         for k in range(b.shape[1]):
-            rows.append(dict(level=l + 1, region=k + 1, colour=REGION_COLOURS[k % len(REGION_COLOURS)],
-                             y_mean=cy[:, k].mean(), y_std=cy[:, k].std(), x_mean=cx[:, k].mean(), x_std=cx[:, k].std()))
+            colour = REGION_COLOURS[k % len(REGION_COLOURS)]
+            rows.append(dict(level=l + 1, region=k + 1, colour=colour,
+                             y_mean=cy[:, k].mean(), y_std=cy[:, k].std(),
+                             x_mean=cx[:, k].mean(), x_std=cx[:, k].std()))
     return rows
 
-def print_region_table(rows:list, # rows from `region_table`
-                      ):
-    "Print `region_table` rows as a small fixed-width table."
-    print(f"{'level':>5} {'region':>6} {'colour':>7} {'centre y (mean±std)':>20} {'centre x (mean±std)':>20}")
+def format_region_table(rows:list, # rows from `region_table`
+                       ) -> str:
+    "`region_table` rows as a small fixed-width table."
+    lines = [f"{'level':>5} {'region':>6} {'colour':>7} {'centre y (mean±std)':>20} "
+             f"{'centre x (mean±std)':>20}"]
     for r in rows:
-        print(f"{r['level']:>5} {r['region']:>6} {r['colour']:>7} {r['y_mean']:>12.2f} ± {r['y_std']:.2f} {r['x_mean']:>12.2f} ± {r['x_std']:.2f}")
+        lines.append(f"{r['level']:>5} {r['region']:>6} {r['colour']:>7} {r['y_mean']:>12.2f} ± "
+                     f"{r['y_std']:.2f} {r['x_mean']:>12.2f} ± {r['x_std']:.2f}")
+    return '\n'.join(lines)

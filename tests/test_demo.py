@@ -1,13 +1,15 @@
 """hacnn_nbdev.demo beyond the notebook: the demo as a DDP job of two CPU processes is interrupted by Ctrl-C
 (SIGINT to the terminal's process group), saves, reports where it stopped, and resumes; a worker's failure
-surfaces as a clear error; the CLI explains itself."""
+surfaces as a clear error; `cli_args` round-trips through hacnn_train's parser; the command explains itself,
+runs a tiny world in seconds and answers mistakes in one line."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
-from hacnn_nbdev.core import load_checkpoint
+from hacnn_nbdev.checkpoint import load_checkpoint
+from hacnn_nbdev.cli import parse_dataclass
 from hacnn_nbdev.demo import cli_args, demo
 from hacnn_nbdev.synthetic import make_world
-from hacnn_nbdev.train import TrainConfig, TrainError
+from hacnn_nbdev.train import RECIPES, TrainConfig, TrainError
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
@@ -16,7 +18,8 @@ TINY = dict(widths='16,32,48', height=80, width=32, batch_size=8)
 SCRIPT = """
 import sys
 from hacnn_nbdev.demo import demo
-s = demo(sys.argv[1], sys.argv[2], threads=2, procs=2, world={world!r}, progress=False, epochs=int(sys.argv[3]), **{tiny!r})
+s = demo(sys.argv[1], sys.argv[2], threads=2, procs=2, world={world!r}, progress=False, log=print,
+         epochs=int(sys.argv[3]), **{tiny!r})
 sys.exit(130 if s is None else 0)
 """
 
@@ -78,7 +81,55 @@ def test_cli_args_skip_defaults_and_spell_booleans():
     assert cli_args(TrainConfig()) == []
 
 
+@pytest.mark.parametrize('cfg', [TrainConfig(**RECIPES[name], root='r', out='o') for name in RECIPES] +
+                         [TrainConfig(lr=1e-5, random_erasing=0.25, sampler='identity', num_instances=8, amp='off',
+                                      tensorboard=True, resume=True, cross_attention=False, milestones='10,20')])
+def test_cli_args_round_trip_through_hacnn_trains_parser(cfg):
+    assert parse_dataclass(TrainConfig, cli_args(cfg), 'hacnn_train')[0] == cfg
+
+
+def test_cli_args_refuse_none_where_the_default_is_not(monkeypatch):
+    cfg = TrainConfig()
+    monkeypatch.setattr(cfg, 'out', None)
+    with pytest.raises(ValueError, match='out=None'): cli_args(cfg)
+
+
+def _cli(*args, timeout=120):
+    code = 'from hacnn_nbdev.demo import demo_main; demo_main()'
+    return subprocess.run([sys.executable, '-c', code, *map(str, args)], capture_output=True, text=True, env=ENV,
+                          timeout=timeout)
+
+
 def test_demo_cli_help():
-    r = subprocess.run([str(BIN / 'hacnn_demo'), '--help'], capture_output=True, text=True, env=ENV, timeout=60)
-    assert r.returncode == 0
-    for opt in ('--root', '--out', '--threads', '--procs', '--epochs', '--seed'): assert opt in r.stdout
+    r = _cli('--help')
+    assert r.returncode == 0, r.stderr
+    for opt in ('--root', '--out', '--n_ids', '--threads', '--procs', '--epochs', '--seed', '--debug'): assert opt in r.stdout
+
+
+def test_demo_cli_tiny_world_in_seconds(tmp_path):
+    r = _cli('--root', tmp_path / 'w', '--out', tmp_path / 'out', '--n-ids', 16, '--epochs', 1, '--procs', 1,
+             '--threads', 1, '--widths', '16,32,48', '--no-progress', timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'trained:' in r.stdout and 'untrained:' in r.stdout
+    m = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+    assert m['world']['params']['n_ids'] == 16 and m['epochs'] == 1
+    assert m['command'].startswith('hacnn_demo --root') and '--n-ids 16' in m['command']
+
+
+@pytest.mark.parametrize('args, says', [
+    (['--n-ids', 1], '--n_ids must be'),                        # out of make_world's range
+    (['--n-ids', 4], 'fewer than one batch'),                   # too small to train on
+    (['--widths', '1,2'], '--widths must be three positive integers'),
+    (['--root', '{file}'], 'is a file'),                        # --root is a file
+    (['--out', '{file}'], 'is a file'),                         # --out is a file
+])
+def test_demo_cli_mistakes_are_one_line_and_status_2(tmp_path, args, says):
+    f = tmp_path / 'a_file'
+    f.write_text('x')
+    args = [str(a).replace('{file}', str(f)) for a in args]
+    base = {'--root': tmp_path / 'w', '--out': tmp_path / 'out'}
+    r = _cli(*args, *[w for k, v in base.items() if k not in args for w in (k, v)], '--epochs', 1, '--procs', 1)
+    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('hacnn_demo: error:') and says in err[0], r.stderr
+    assert 'Traceback' not in r.stderr

@@ -3,17 +3,24 @@
 Tiny widths keep it fast; BN layers get random running statistics so that folding has something to fold.
 CUDA / mixed-precision tests run only where a GPU is present (skipped on the CPU-only CI machines).
 """
-import sys, warnings
+import json, math, subprocess, sys, warnings
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from hacnn_nbdev.core import ConvBlock, save_checkpoint, seed_everything
+import hacnn_nbdev.deploy as deploy
+from hacnn_nbdev.core import ConvBlock, seed_everything
+from hacnn_nbdev.checkpoint import save_checkpoint, load_model, model_checkpoint
 from hacnn_nbdev.model import HACNN
+from hacnn_nbdev.hard_attention import HardAttention
 from hacnn_nbdev.deploy import (fold_bn, fold_batchnorms, channels_last_inputs, ToChannelsLast, inference_precision,
                                 InferenceModel, optimize_for_inference, check_parity, export_onnx, OnnxFeatureExtractor,
-                                count_flops, throughput, summarize)
+                                count_flops, throughput, summarize, cpu_flags, cpu_bf16, cast_network, matmul_limit,
+                                precision_parity, parity_table, REDUCED_RTOL)
 
 TINY = dict(widths=(16, 32, 48), feat_dim=32)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (none on this machine)')
@@ -42,7 +49,13 @@ def tiny():
 
 @pytest.fixture(scope='module')
 def fast(tiny):
-    return optimize_for_inference(tiny)
+    return optimize_for_inference(tiny, amp='off')
+
+
+@pytest.fixture
+def no_bf16_cpu(monkeypatch):
+    "As on a CPU without bf16 units (or off Linux): `cpu_bf16` finds none."
+    monkeypatch.setattr(deploy, 'cpu_bf16', lambda flags=None: None)
 
 
 # ---- BN folding ---------------------------------------------------------------------------------------------------
@@ -107,7 +120,7 @@ def test_optimized_other_input_size(tiny, fast):
 
 @pytest.mark.parametrize('fold,cl', [(False, False), (True, False), (False, True)])
 def test_optimized_flag_combinations(tiny, fold, cl):
-    m = optimize_for_inference(tiny, fold_bn=fold, channels_last=cl)
+    m = optimize_for_inference(tiny, fold_bn=fold, channels_last=cl, amp='off')
     x = images()
     with torch.no_grad(): check_parity(m(x), tiny(x), 1e-4)
     assert any(isinstance(x, nn.BatchNorm2d) for x in m.modules()) == (not fold)
@@ -116,7 +129,7 @@ def test_optimized_flag_combinations(tiny, fold, cl):
 @pytest.mark.parametrize('flag', ['spatial_attention', 'channel_attention', 'hard_attention', 'cross_attention'])
 def test_optimized_ablations(flag):
     m = trained_like(HACNN(5, **TINY, **{flag: False})).eval()
-    f = optimize_for_inference(m)
+    f = optimize_for_inference(m, amp='off')
     x = images()
     with torch.no_grad(): check_parity(f(x), m(x), 1e-4)
 
@@ -133,11 +146,11 @@ def test_original_untouched_and_mode_restored(tiny):
 
 
 def test_from_checkpoint_to_deployment(tmp_path, tiny):
-    ck = {'format': 'hacnn_nbdev.checkpoint/1', 'model': tiny.state_dict(), 'model_kwargs': tiny.model_kwargs, 'epoch': 1}
-    save_checkpoint(ck, tmp_path / 'm.pt')
-    f = optimize_for_inference(HACNN.from_checkpoint(tmp_path / 'm.pt'))
+    save_checkpoint(model_checkpoint(tiny, epoch=1), tmp_path / 'm.pt')
     x = images()
-    with torch.no_grad(): check_parity(f(x), tiny(x), 1e-4)
+    for amp, tol in (('off', 1e-4), ('bf16', None)):
+        f = optimize_for_inference(load_model(tmp_path / 'm.pt'), amp=amp)
+        with torch.no_grad(): check_parity(f(x), tiny(x), tol or REDUCED_RTOL * tiny(x).abs().max().item())
 
 
 def test_flops_unchanged_by_optimization(tiny, fast):
@@ -156,7 +169,8 @@ def test_check_parity_refuses():
 # ---- precision, devices, compile fallbacks -----------------------------------------------------------------------
 
 def test_inference_precision_choices():
-    assert inference_precision('cpu') is None and inference_precision('cpu', 'off') is None and inference_precision('cpu', None) is None
+    assert inference_precision('cpu', 'off') is None and inference_precision('cpu', None) is None
+    assert inference_precision('cpu') == (torch.bfloat16 if cpu_bf16() else None)   # 'auto': the CPU decides
     assert inference_precision('cuda') == torch.float16                 # dtype choice only; no GPU is touched
     assert inference_precision('cuda', 'bf16') == torch.bfloat16 and inference_precision('cpu', 'bf16') == torch.bfloat16
     with pytest.warns(UserWarning, match='fp32'): assert inference_precision('cpu', 'fp16') is None
@@ -170,11 +184,100 @@ def test_fp16_on_cpu_falls_back_to_fp32(tiny):
     with torch.no_grad(): check_parity(f(x), tiny(x), 1e-4)
 
 
-def test_bf16_autocast_on_cpu(tiny):
+def test_bf16_on_cpu(tiny):
     f = optimize_for_inference(tiny, amp='bf16')
+    x = images(4)
+    with torch.no_grad(): want = tiny(x)
+    err = check_parity(f(x), want, REDUCED_RTOL * want.abs().max().item())
+    assert f(x).dtype == torch.float32 and err > 0 and f.cast and f.dtype == torch.bfloat16
+    assert {p.dtype for p in f.parameters()} == {torch.bfloat16}                  # a bf16 network, not autocast
+    assert not any(p.requires_grad for p in f.parameters())
+    assert f(images(1)).shape == (1, 2 * TINY['feat_dim'])
+    assert tiny.stem[0].weight.dtype == torch.float32                             # the original is untouched
+
+
+def test_auto_precision_follows_the_cpu(tiny, no_bf16_cpu):
+    assert inference_precision('cpu') is None and inference_precision('cpu', 'bf16') == torch.bfloat16
+    f = optimize_for_inference(tiny)                                              # 'auto' on a CPU without bf16
     x = images()
-    with torch.no_grad(): err = check_parity(f(x), tiny(x), 5e-2)
-    assert f(x).dtype == torch.float32 and err > 0
+    assert f.dtype is None
+    with torch.no_grad(): check_parity(f(x), tiny(x), 1e-4)
+
+
+def test_auto_precision_on_a_bf16_cpu(tiny, monkeypatch):
+    monkeypatch.setattr(deploy, 'cpu_bf16', lambda flags=None: 'amx_bf16')
+    assert inference_precision('cpu') == torch.bfloat16 and optimize_for_inference(tiny).dtype == torch.bfloat16
+    assert inference_precision('cuda') == torch.float16                          # a GPU is not a CPU
+
+
+def test_cast_network_samples_regions_in_fp32():
+    net = cast_network(trained_like(HACNN(5, **TINY)).eval(), torch.bfloat16)
+    hard = [x for x in net.modules() if isinstance(x, HardAttention)]
+    assert hard and all('sample' in vars(h) for h in hard)                      # the method is replaced per module
+    x = torch.randn(2, 16, 40, 16, dtype=torch.bfloat16)
+    theta = torch.zeros(2, hard[0].T, 2, dtype=torch.bfloat16)
+    out = hard[0].sample(x, theta)
+    assert out.dtype == torch.bfloat16
+    with torch.no_grad(): want = HardAttention.sample(hard[0].float(), x.float(), theta.float())
+    torch.testing.assert_close(out.float(), want, atol=0.02, rtol=0.02)
+
+
+def tiny_world(root, n_ids=4, cams=2, per_cam=2):
+    "A few JPEGs named like Market's, each identity a colour: query = first image per (id, cam)."
+    from PIL import Image
+    rng, recs = np.random.default_rng(0), []
+    for pid in range(1, n_ids + 1):
+        base = rng.integers(0, 256, 3)
+        for cam in range(cams):
+            for k in range(per_cam):
+                arr = np.clip(base + rng.integers(-30, 31, (128, 64, 3)), 0, 255).astype(np.uint8)
+                path = root / f'{pid:04d}_c{cam + 1}s1_{k:06d}_00.jpg'
+                Image.fromarray(arr).save(path)
+                recs.append((str(path), pid, cam))
+    q = [r for r in recs if r[0].endswith('_000000_00.jpg')]
+    return SimpleNamespace(query=q, gallery=[r for r in recs if r not in q])
+
+
+def test_precision_parity(tmp_path, tiny):
+    ds = tiny_world(tmp_path)
+    rows = precision_parity(tiny, ds, amps=('off', 'off', 'bf16'), batch_size=5)
+    a, b, c = rows
+    assert [r['dtype'] for r in rows] == ['float32', 'float32', 'bfloat16']
+    assert a['images'] == len(ds.query) + len(ds.gallery) and a['max_diff'] == b['max_diff'] == 0
+    assert (a['rank1'], a['mAP'], a['mINP']) == (b['rank1'], b['mAP'], b['mINP']) and b['same_top1'] == 100
+    assert all(0 <= r[k] <= 100 for r in rows for k in ('rank1', 'mAP', 'mINP', 'same_top1'))
+    assert 0 < c['max_diff'] < REDUCED_RTOL * c['max_feature']
+    table = parity_table(rows)
+    assert table.count('\n') == 4 and 'bfloat16' in table and '+0.00 / +0.00 / +0.00' in table
+
+
+# ---- CPU detection -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('text, want', [
+    ('processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n', 'amx_bf16'),
+    ('processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n', 'avx512_bf16'),
+    ('processor\t: 0\nflags\t\t: fpu sse avx2 fma\n', None),
+    ('processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n', None),                # ARM: not claimed
+    ('', None)])
+def test_cpu_flags_and_bf16(tmp_path, text, want):
+    p = tmp_path / 'cpuinfo'
+    p.write_text(text)
+    flags = cpu_flags(p)
+    assert cpu_bf16(flags) == want and isinstance(flags, frozenset)
+
+
+def test_cpu_bf16_elsewhere(monkeypatch):
+    assert cpu_flags('/no/such/cpuinfo') == frozenset()
+    monkeypatch.setattr(deploy, 'cpu_flags', lambda path='/proc/cpuinfo': frozenset())   # no /proc: torch's probe
+    assert cpu_bf16() in (None, 'amx_bf16', 'avx512_bf16')
+    monkeypatch.setattr(torch.backends.mkldnn, 'is_available', lambda: False)            # torch without oneDNN
+    assert cpu_bf16({'amx_bf16'}) is None
+
+
+def test_matmul_limit_dtypes():
+    for dt in (torch.float32, torch.bfloat16):
+        g = matmul_limit(n=128, seconds=0.05, dtype=dt)
+        assert math.isfinite(g) and g > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message given when CUDA is absent')
@@ -185,7 +288,7 @@ def test_cuda_requested_without_gpu(tiny):
 def test_compile_failure_keeps_eager(tiny, monkeypatch):
     def broken(*a, **k): raise RuntimeError('no C++ compiler')
     monkeypatch.setattr(torch, 'compile', broken)
-    with pytest.warns(UserWarning, match='torch.compile failed'): f = optimize_for_inference(tiny, compile=True)
+    with pytest.warns(UserWarning, match='torch.compile failed'): f = optimize_for_inference(tiny, compile=True, amp='off')
     x = images()
     with torch.no_grad(): check_parity(f(x), tiny(x), 1e-4)
 
@@ -245,3 +348,26 @@ def test_throughput_and_summary():
     calls['a'] = 0
     throughput({'a': lambda: f('a')}, batch=1, rounds=2, min_time=0.0, warmup=False)
     assert calls['a'] == 2                                                        # no warm-up call
+
+
+# ---- benchmarks/gpu.py: its CPU dry run (the GPU run itself needs a GPU) ------------------------------------------
+
+def test_gpu_benchmark_dry_run(tmp_path):
+    out = tmp_path / 'gpu.json'
+    script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'gpu.py'
+    env = {**__import__('os').environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    r = subprocess.run([sys.executable, str(script), '--dry-run', '--out', str(out)], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    R = json.loads(out.read_text())
+    assert R['dry_run'] and R['machine']['device'] == 'cpu' and R['channels_last'] is True
+    assert {'widths', 'compile', 'cudnn_benchmark', 'gflops_per_image', 'train', 'infer'} <= set(R)
+    assert 'fp32' in R['train'] and set(R['train']) == set(R['infer'])
+    for v in R['train'].values():
+        assert {'images_s', 'step_ms', 'peak_memory_MB', 'loss_first', 'loss_last', 'batch'} <= set(v)
+        assert all(math.isfinite(v[k]) and v[k] > 0 for k in ('images_s', 'step_ms', 'peak_memory_MB', 'loss_last'))
+    for rows in R['infer'].values():
+        assert set(rows) == {'b1', 'b4'}
+        for v in rows.values():
+            assert math.isfinite(v['images_s']) and v['images_s'] > 0 and v['peak_memory_MB'] > 0
+    assert '| train b4 | fp32 |' in r.stdout                                   # the table is printed

@@ -3,13 +3,15 @@
 The notebooks 01-05 test each component where it is built; this file pins the public contract of
 TEAM.md that train/evaluate/viz/deploy rely on, plus edge cases.  Tiny widths keep it fast.
 """
-import itertools
+import itertools, re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hacnn_nbdev.core import CheckpointError, load_checkpoint, save_checkpoint, seed_everything
+from hacnn_nbdev.checkpoint import (CheckpointError, check_checkpoint, load_checkpoint, load_model,
+                                    model_checkpoint, save_checkpoint)
+from hacnn_nbdev.core import InputSpec, seed_everything
 from hacnn_nbdev.model import HACNN, model_complexity
 
 TINY = dict(widths=(16, 32, 48))
@@ -27,13 +29,13 @@ def tiny():
     return HACNN(7, **TINY)
 
 
-# ---- contract -------------------------------------------------------------------------------
+# ---- contract ------------------------------------------------------------------------------------
 
 def test_default_signature_and_kwargs():
     m = HACNN(5)
     assert m.model_kwargs == dict(num_classes=5, widths=(128, 256, 384), feat_dim=512, n_regions=4,
-                                  spatial_attention=True, channel_attention=True, hard_attention=True,
-                                  cross_attention=True)
+                                  spatial_attention=True, channel_attention=True,
+                                  hard_attention=True, cross_attention=True)
 
 
 @pytest.mark.parametrize('hw', [(160, 64), (256, 128)])
@@ -101,7 +103,7 @@ def test_attention_maps_contract(tiny):
         [[0, 0, 1, .25], [0, .25, 1, .5], [0, .5, 1, .75], [0, .75, 1, 1.]]))
 
 
-# ---- ablation switches -------------------------------------------------------------------------
+# ---- ablation switches ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize('combo', list(itertools.product([True, False], repeat=4)),
                          ids=lambda c: ''.join('TF'[not v] for v in c))
@@ -136,12 +138,12 @@ def test_no_soft_attention_leaves_global_features_unattended():
         torch.testing.assert_close(outs[0], m.global_levels[0](ins[0]))
 
 
-# ---- state, checkpoints, determinism, devices -----------------------------------------------------
+# ---- state, checkpoints, determinism, devices ----------------------------------------------------
 
 def test_state_dict_round_trip_via_checkpoint(tmp_path, tiny):
     tiny.eval()
-    ck = {'format': 'hacnn_nbdev.checkpoint/1', 'model': tiny.state_dict(), 'model_kwargs': tiny.model_kwargs,
-          'epoch': 1}
+    ck = {'format': 'hacnn_nbdev.checkpoint/1', 'model': tiny.state_dict(),
+          'model_kwargs': tiny.model_kwargs, 'epoch': 1}
     save_checkpoint(ck, tmp_path / 'ck.pt')
     back = load_checkpoint(tmp_path / 'ck.pt')
     m2 = HACNN(**back['model_kwargs'])
@@ -152,30 +154,99 @@ def test_state_dict_round_trip_via_checkpoint(tmp_path, tiny):
     assert {'ha.0.hard.scale', 'ha.0.hard.centres'} <= set(back['model'])   # buffers are saved
 
 
-def test_from_checkpoint_path_dict_and_listified_kwargs(tmp_path, tiny):
+@pytest.fixture()
+def tiny_ck(tiny):
+    "The checkpoint dict `model_checkpoint` writes for `tiny` (tuples become lists, as in JSON)."
     tiny.eval()
-    kw = dict(tiny.model_kwargs, widths=list(tiny.model_kwargs['widths']))   # as JSON would give it back
-    ck = {'model': tiny.state_dict(), 'model_kwargs': kw}
-    save_checkpoint(ck, tmp_path / 'ck.pt')
+    return model_checkpoint(tiny, epoch=3)
+
+
+def test_model_checkpoint_listifies_and_passes_the_check(tiny_ck, tiny):
+    assert tiny_ck['model_kwargs']['widths'] == list(TINY['widths'])
+    ck = check_checkpoint(tiny_ck)
+    assert ck['arch'] == 'hacnn' and ck['epoch'] == 3
+    assert ck['model_kwargs'] == tiny_ck['model_kwargs']
+    assert InputSpec(**ck['input_spec']) == tiny.input_spec
+
+
+def test_load_model_from_path_str_and_dict(tmp_path, tiny_ck, tiny):
+    path = save_checkpoint(tiny_ck, tmp_path / 'ck.pt')
     x = images(2)
-    with torch.no_grad(): ref = tiny(x)
-    for src in (tmp_path / 'ck.pt', str(tmp_path / 'ck.pt'), ck):
-        m = HACNN.from_checkpoint(src)
-        assert not m.training
+    with torch.no_grad(): ref = tiny.eval()(x)
+    for src in (path, str(path), tiny_ck, load_checkpoint(path)):
+        m = load_model(src)
+        assert isinstance(m, HACNN) and not m.training
+        assert m.model_kwargs == tiny.model_kwargs        # listified widths come back as a tuple
+        assert m.input_spec == InputSpec()
         with torch.no_grad(): torch.testing.assert_close(m(x), ref)
 
 
-def test_from_checkpoint_faults(tmp_path):
-    with pytest.raises(CheckpointError, match='does not exist'):
-        HACNN.from_checkpoint(tmp_path / 'nope.pt')
+def test_load_model_minimal_dict_with_listified_kwargs(tiny):
+    kw = dict(tiny.model_kwargs, widths=list(tiny.model_kwargs['widths']))   # as JSON would give it
+    m = load_model({'model': tiny.state_dict(), 'model_kwargs': kw})        # no format, arch, spec
+    assert m.model_kwargs['widths'] == TINY['widths'] and m.input_spec == InputSpec()
+
+
+def test_load_model_missing_and_junk_files(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nope\.pt' does not exist"):
+        load_model(tmp_path / 'nope.pt')
     (tmp_path / 'junk.pt').write_bytes(b'junk')
-    with pytest.raises(CheckpointError, match='not a torch checkpoint'):
-        HACNN.from_checkpoint(tmp_path / 'junk.pt')
-    with pytest.raises(CheckpointError, match='lacks'):
-        HACNN.from_checkpoint({'model': {}})
-    wrong = HACNN(5, **TINY).state_dict()
-    with pytest.raises(RuntimeError, match='size mismatch'):
-        HACNN.from_checkpoint({'model': wrong, 'model_kwargs': dict(num_classes=6, **TINY)})
+    with pytest.raises(CheckpointError, match=r"junk\.pt'.*not a torch checkpoint"):
+        load_model(tmp_path / 'junk.pt')
+
+
+@pytest.mark.parametrize('ck, msg', [
+    ({'model': {}}, 'lacks model_kwargs'),
+    ({}, 'lacks model and model_kwargs'),
+    ({'model_kwargs': dict(num_classes=5)}, 'lacks model;'),
+    ({'format': 'other/2', 'model': {}, 'model_kwargs': {}}, "has format 'other/2'"),
+    ({'model': {}, 'model_kwargs': {}, 'arch': 'resnet'}, "network 'resnet'"),
+], ids=['no-kwargs', 'empty', 'no-weights', 'format', 'arch'])
+def test_load_model_refuses_incomplete_checkpoints(ck, msg):
+    with pytest.raises(CheckpointError, match=re.escape(msg)):
+        load_model(ck)
+
+
+def test_load_model_refuses_a_bare_state_dict(tmp_path, tiny):
+    path = save_checkpoint(tiny.state_dict(), tmp_path / 'sd.pt')
+    with pytest.raises(CheckpointError, match=r"sd\.pt' is a bare state_dict"):
+        load_model(path)
+
+
+def test_load_model_wrong_shapes_name_the_file_and_tensors(tmp_path):
+    wrong = {'model': HACNN(5, **TINY).state_dict(), 'model_kwargs': dict(num_classes=6, **TINY)}
+    with pytest.raises(CheckpointError) as e:
+        load_model(save_checkpoint(wrong, tmp_path / 'w.pt'))
+    msg = str(e.value)
+    assert re.search(r"w\.pt': the weights do not fit HACNN\(", msg)
+    assert 'global_cls.weight has shape (5, 512) in the file but (6, 512) in the network' in msg
+    assert msg.endswith('(and 1 more)')                # 4 classifier tensors differ, 3 are listed
+
+
+def test_load_model_missing_or_extra_tensors(tiny):
+    sd = dict(tiny.state_dict())
+    del sd['stem.0.weight']
+    with pytest.raises(CheckpointError, match='stem.0.weight is missing'):
+        load_model({'model': sd, 'model_kwargs': tiny.model_kwargs})
+    sd = dict(tiny.state_dict(), extra=torch.zeros(1))
+    with pytest.raises(CheckpointError, match='extra is not part of the network'):
+        load_model({'model': sd, 'model_kwargs': tiny.model_kwargs})
+
+
+def test_load_model_settings_that_do_not_build(tiny):
+    with pytest.raises(CheckpointError, match='do not build HACNN'):
+        load_model({'model': tiny.state_dict(), 'model_kwargs': dict(num_classes=5, depth=3)})
+    with pytest.raises(CheckpointError, match='do not build HACNN.*multiple of 4'):
+        load_model({'model': tiny.state_dict(),
+                    'model_kwargs': dict(num_classes=5, widths=(16, 30, 48))})
+
+
+def test_check_checkpoint_refuses_non_finite_weights(tiny_ck):
+    sd = dict(tiny_ck['model'])
+    sd['stem.0.weight'] = torch.full_like(sd['stem.0.weight'], float('nan'))
+    msg = "last.pt holds non-finite weights (1 tensors, first 'stem.0.weight')"
+    with pytest.raises(CheckpointError, match=re.escape(msg)):
+        check_checkpoint(dict(tiny_ck, model=sd), 'last.pt')
 
 
 def test_determinism_under_seed():
@@ -195,7 +266,8 @@ def test_determinism_under_seed():
 
 def test_to_moves_parameters_and_buffers():
     m = HACNN(5, **TINY).to(torch.float64).eval()
-    assert {t.dtype for t in itertools.chain(m.parameters(), m.buffers()) if t.is_floating_point()} == {torch.float64}
+    tensors = itertools.chain(m.parameters(), m.buffers())
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.float64}
     with torch.no_grad(): assert m(images(1).double()).dtype == torch.float64
     meta = HACNN(5, **TINY).to('meta')
     assert {t.device.type for t in itertools.chain(meta.parameters(), meta.buffers())} == {'meta'}
@@ -208,12 +280,15 @@ def test_cuda_forward():
 
 
 def test_no_cuda_calls_in_modules():
-    import inspect, hacnn_nbdev.model as mm, hacnn_nbdev.hard_attention as ha, hacnn_nbdev.soft_attention as sa
+    import inspect
+    import hacnn_nbdev.model as mm
+    import hacnn_nbdev.hard_attention as ha
+    import hacnn_nbdev.soft_attention as sa
     for mod in (mm, ha, sa):
         assert '.cuda(' not in inspect.getsource(mod)
 
 
-# ---- bad input ------------------------------------------------------------------------------------
+# ---- bad input -----------------------------------------------------------------------------------
 
 def test_widths_must_split_into_four():
     with pytest.raises(ValueError, match='multiple of 4'):
@@ -226,7 +301,7 @@ def test_wrong_channel_count_is_refused(tiny):
         tiny(torch.randn(1, 1, 160, 64))
 
 
-# ---- complexity -----------------------------------------------------------------------------------
+# ---- complexity ----------------------------------------------------------------------------------
 
 def test_model_complexity_tiny_is_consistent():
     m = HACNN(9, **TINY)
@@ -236,7 +311,8 @@ def test_model_complexity_tiny_is_consistent():
     assert cx.params - cx.params_no_cls == 2 * (512 + 1) * 9
     assert sum(r[1] for r in cx.rows) == cx.params and sum(r[2] for r in cx.rows) == cx.macs
     assert cx.flops == 2 * cx.macs and cx.depth == max(cx.depth_global, cx.depth_local) >= 30
-    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()), 'model_complexity changed the model'
+    same = all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert same, 'model_complexity changed the model'
     assert '| **total** |' in cx.table()
 
 
@@ -247,10 +323,10 @@ def test_model_complexity_paper_configuration():
     assert (cx.depth_global, cx.depth_local) == (30, 31)
 
 
-# ---- export -----------------------------------------------------------------------------------------
+# ---- export --------------------------------------------------------------------------------------
 
 def test_onnx_export_with_dynamic_batch(tmp_path):
-    "affine_grid needs ONNX opset >= 20; every other op of the model exports (deploy relies on this)."
+    "affine_grid needs ONNX opset >= 20; every other op of the model exports (deploy relies on it)."
     ort = pytest.importorskip('onnxruntime')
     import warnings
     m = HACNN(5, **TINY).eval()

@@ -15,8 +15,8 @@ from hacnn_nbdev.data import (CUHK01, CUHK03NP, BadFileNameError, DatasetNotFoun
                               read_cuhk03np_pairs)
 from hacnn_nbdev.model import HACNN
 from hacnn_nbdev.realdata import (NO_ATTENTION, REAL_RECIPE, pair_ranks, real_config, register_boxes,
-                                  region_tracking, register_pairs, frame_pairs)
-from hacnn_nbdev.train import TrainConfig
+                                  region_tracking, register_pairs, frame_pairs, ha_gains, gain_table)
+from hacnn_nbdev.train import RECIPES, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get('HACNN_REALDATA', REPO / 'data'))
@@ -123,6 +123,22 @@ def test_real_config_differs_from_no_attention_only_in_attention(tmp_path):
     diff = {f for f in TrainConfig.__dataclass_fields__ if getattr(a, f) != getattr(b, f)}
     assert diff == {'out'} | set(NO_ATTENTION)
     assert all(getattr(a, k) == v for k, v in REAL_RECIPE.items())
+
+
+def test_real_recipe_is_the_demo_recipe_longer_with_shifts():
+    same = {k: v for k, v in RECIPES['demo'].items() if k not in ('dataset', 'eval_every', 'epochs')}
+    assert {k: REAL_RECIPE[k] for k in same} == same
+    assert (REAL_RECIPE['epochs'], REAL_RECIPE['random_crop']) == (12, 0.1)
+
+
+def test_gains_pair_seeds_and_skip_missing_partners():
+    run = lambda m, s, r1: dict(data='labeled', model=m, seed=s, rank1=r1, mAP=.1, mINP=.05)
+    res = {'runs': {f'{m}{s}': run(m, s, r1) for m, s, r1 in
+                    (('ha', 0, .12), ('ha', 1, .10), ('ha', 2, .2), ('none', 0, .10), ('none', 1, .11))}}
+    g = ha_gains(res, 'labeled')
+    assert [x['seed'] for x in g] == [0, 1] and [round(x['rank1'], 6) for x in g] == [2.0, -1.0]
+    assert '| +2.0 / +0.0 / +0.0 | -1.0 / +0.0 / +0.0 | 0.5 ± 2.1 / 0.0 ± 0.0 / 0.0 ± 0.0 |' in gain_table(res)
+    assert ha_gains(res, 'detected') == []
 
 
 def test_pair_ranks_of_a_model_that_ignores_the_box(tmp_path):

@@ -1,15 +1,18 @@
-"""hacnn_nbdev.synthetic: the world's protocol, determinism, knobs, safety of the output folder, and the hacnn_synth CLI."""
-import csv, hashlib, json, re, shutil, subprocess, sys
+"""hacnn_nbdev.synthetic (with .render and .baseline): the world's protocol, determinism, knobs, safety of the output
+folder, and the hacnn_synth CLI."""
+import contextlib, csv, hashlib, io, json, os, re, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from hacnn_nbdev.data import Market1501, SyntheticWorld
-from hacnn_nbdev.synthetic import (GENERATOR, SIBLING_DETAILS, colour_histograms, histogram_distances, make_sibling, make_world, synth_cli,
-                                   detection, passers_by, plan_world, render_image, sample_identity,
-                                   OptionError, UnusableRootError)
+from hacnn_nbdev.baseline import colour_histograms, histogram_distances
+from hacnn_nbdev.cli import UsageError, exit_code
+from hacnn_nbdev.data import Market1501, OptionError, SyntheticWorld
+from hacnn_nbdev import synthetic as S
+from hacnn_nbdev.synthetic import (GENERATOR, SIBLING_DETAILS, make_sibling, make_world, synth_cli, synth_main, detection,
+                                   passers_by, plan_world, render_image, sample_identity, UnusableRootError)
 
 SMALL = dict(n_ids=12, imgs_per_id=(4, 7), n_distractors=5)
 NAME = re.compile(r'^(\d{4})_c(\d)s1_(\d{6})_(\d{2})\.jpg$')
@@ -160,9 +163,9 @@ def test_histogram_baseline(world):
 
 
 def test_cli(tmp_path, capsys):
-    exe = Path(sys.executable).parent/'hacnn_synth'                             # the console script, end to end (once: it imports torch)
-    cmd = [str(exe)] if exe.exists() else [sys.executable, '-c', 'from hacnn_nbdev.synthetic import synth_cli; synth_cli()']
-    args = ['--root', str(tmp_path/'cli'), '--seed', '2', '--n_ids', '6', '--imgs_min', '4', '--imgs_max', '5', '--n_distractors', '2', '--workers', '1']
+    cmd = [sys.executable, '-m', 'hacnn_nbdev.synthetic']                      # the command, end to end (once: slow)
+    args = ['--root', str(tmp_path/'cli'), '--seed', '2', '--n-ids', '6', '--imgs_min', '4', '--imgs-max', '5',
+            '--n_distractors', '2', '--workers', '1']
     r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'wrote' in r.stdout and 'Synthetic world' in r.stdout and 'train' in r.stdout
@@ -172,6 +175,14 @@ def test_cli(tmp_path, capsys):
     synth_cli(**kw, overwrite=True); assert 'wrote' in capsys.readouterr().out
     with pytest.raises(ValueError, match='n_ids'): synth_cli(root=str(tmp_path/'bad'), n_ids=1)
 
+
+def test_split_modules_and_names_kept():
+    "The renderer and the baseline live in their own modules; the names stay importable from synthetic."
+    from hacnn_nbdev import baseline, render
+    assert S.render is render.render and S.VIEWS == render.VIEWS == ('front', 'back', 'left', 'right')
+    assert S.colour_histograms is baseline.colour_histograms and S.histogram_distances is histogram_distances
+    assert S.OptionError is OptionError and issubclass(OptionError, UsageError)
+    with pytest.raises(AttributeError): S.no_such_name
 
 
 # --- hostile input: nothing lost, every mistake answered ----------------------------------------------------
@@ -187,10 +198,12 @@ def tree(root):
 
 
 def cli(*args):
-    "Run the hacnn_synth command (its console script; `python -m hacnn_nbdev.synthetic` if not installed)."
-    exe = Path(sys.executable).parent/'hacnn_synth'
-    cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'hacnn_nbdev.synthetic']
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=300)
+    "Run the hacnn_synth command in this process (`synth_main`, what the console script runs): code, out, err."
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: synth_main([str(a) for a in args]); code = 0
+        except SystemExit as e: code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def one_line_error(r, code, *words):
@@ -339,5 +352,74 @@ def test_cli_refuses_a_folder_it_did_not_write(tmp_path):
     f = tmp_path/'file'
     f.write_text('x')
     one_line_error(cli('--root', f, *TINY_ARGS), 2, 'is a file, not a folder')
-    one_line_error(cli('--root', f/'sub', *TINY_ARGS), 1, 'writing the world into', 'failed')  # a failed run
+    one_line_error(cli('--root', f/'sub'/'w', *TINY_ARGS), 2, 'lies inside', repr(str(f)))
     assert f.read_text() == 'x'
+
+
+# --- world.json written all at once; damaged metadata; a run that fails -------------------------------------
+
+def test_metadata_is_written_atomically(tiny, monkeypatch):
+    clean = tree(tiny)
+    assert not [p for p in clean if p.endswith('.tmp')]                          # no temporary file left
+    real = os.replace
+    def crash(src, dst):
+        if Path(dst).name == 'world.json': raise OSError(28, 'No space left on device')
+        return real(src, dst)
+    monkeypatch.setattr(S.os, 'replace', crash)
+    with pytest.raises(OSError, match='No space left'): make_world(tiny, **{**TINY, 'overwrite': True})
+    assert not (tiny/'world.json').exists() and (tiny/'.world.json.tmp').is_file()   # never half a world.json
+    monkeypatch.setattr(S.os, 'replace', real)
+    s = make_world(tiny, **TINY)                                                 # the leftover is ours: remade
+    assert s['reused'] is False and 'world.json is missing' in s['remade_because']
+    assert tree(tiny) == clean
+
+
+@pytest.mark.parametrize('text', ['', '{"format": "hacnn_nbdev.synth', '\x00\x00\x00'])
+def test_a_damaged_world_json_is_remade_in_our_folder_only(tiny, tmp_path, text):
+    clean = tree(tiny)
+    (tiny/'world.json').write_text(text)
+    s = make_world(tiny, **TINY)
+    assert s['remade_because'] == 'its world.json is damaged' and tree(tiny) == clean
+    other = tmp_path/'other'; other.mkdir(); (other/'world.json').write_text(text)   # no marker: not ours
+    with pytest.raises(UnusableRootError, match="holds 'world.json'"): make_world(other, **TINY)
+    assert (other/'world.json').read_text() == text
+
+
+@pytest.mark.parametrize('cut', [0, 10, 40])
+def test_a_cut_images_csv_is_remade(tiny, cut):
+    clean = tree(tiny)
+    (tiny/'images.csv').write_bytes((tiny/'images.csv').read_bytes()[:cut])
+    s = make_world(tiny, **TINY)
+    assert s['reused'] is False and 'images.csv' in s['remade_because'] and tree(tiny) == clean
+
+
+def test_an_image_replaced_by_a_folder_is_refused(tiny):
+    f = next((tiny/'query').iterdir())
+    f.unlink(); f.mkdir()
+    with pytest.raises(UnusableRootError, match=f"query/{f.name}"): make_world(tiny, **TINY)
+    assert f.is_dir()
+
+
+def test_cli_a_failed_run_is_status_1_and_debug_shows_the_traceback(tmp_path, monkeypatch):
+    def full(*a, **k): raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(S.Image.Image, 'save', full)
+    r = cli('--root', tmp_path/'w', *TINY_ARGS)
+    one_line_error(r, 1, 'writing the world into', 'failed', 'No space left on device')
+    assert r.stdout == ''
+    with pytest.raises(OSError, match='No space left'): synth_main(['--root', str(tmp_path/'w'), *map(str, TINY_ARGS), '--debug'])
+
+
+def test_cli_spellings_and_error_types(tmp_path):
+    r = cli('--root', tmp_path/'w', '--n-ids', 4, '--imgs-min', 4, '--imgs_max', 4, '--n-distractors', 1, '--workers', 1)
+    assert r.returncode == 0 and 'wrote' in r.stdout, r.stderr
+    for args, words in [(['--n-ids', 1], ['--n_ids must be an integer >= 2']), (['--crowd', 'lots'], ['--crowd', 'invalid float']),
+                        (['--height', 0], ['--height must be an integer >= 1']), (['--nids', 4], ['unrecognized arguments'])]:
+        one_line_error(cli('--root', tmp_path/'w', '--workers', 1, *args), 2, *words)
+    assert exit_code(UnusableRootError('x')) == 2 and exit_code(OptionError('a', 'b', 1)) == 2
+    assert isinstance(UnusableRootError('x'), FileExistsError)
+
+
+def test_console_script_entry():
+    "settings.ini runs hacnn_synth through `synth_main` (one error path), not the plain function."
+    ini = (Path(__file__).resolve().parents[1]/'settings.ini').read_text()
+    assert 'hacnn_synth=hacnn_nbdev.synthetic:synth_main' in ini

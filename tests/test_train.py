@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 import hacnn_nbdev.train as T
-from hacnn_nbdev.core import CheckpointError
+from hacnn_nbdev.checkpoint import CheckpointError
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
@@ -184,13 +184,137 @@ def test_checkpoint_for_another_number_of_classes(world, tmp_path):
 
 def test_bad_options():
     with pytest.raises(ValueError, match='three positive integers'): T.TrainConfig(widths='16,32')
-    with pytest.raises(ValueError, match="use 'adam'"): T.make_optimizer([torch.nn.Parameter(torch.zeros(1))], T.TrainConfig(optimizer='lbfgs'))
+    with pytest.raises(T.ConfigError, match="--optimizer 'lbfgs' is not one of: adam, sgd"): T.TrainConfig(optimizer='lbfgs')
+
+
+# every numeric option is checked before data is read or a file written: (options, the option named)
+BAD_OPTIONS = [(['--epochs', 0], '--epochs'), (['--epochs', -3], '--epochs'), (['--batch_size', 0], '--batch_size'),
+               (['--batch-size', -4], '--batch_size'), (['--batch_size', 1], '--batch_size'),
+               (['--feat_dim', 0], '--feat_dim'), (['--n_regions', 0], '--n_regions'),
+               (['--label_smoothing', 2], '--label_smoothing'), (['--lr', -1], '--lr'),
+               (['--schedule', 'linear'], '--schedule'), (['--milestones', '20,10', '--schedule', 'multistep'], '--milestones'),
+               (['--widths', '1,2'], '--widths'), (['--random_erasing', 1.5], '--random_erasing'),
+               (['--epochs', 'ten'], '--epochs'), (['--config', 'nope'], '--config'), (['--bogus', 1], 'unrecognized')]
+
+@pytest.mark.parametrize('opts,named', BAD_OPTIONS)
+def test_cli_bad_option_is_one_line_exit_2_and_touches_nothing(tmp_path, opts, named):
+    out = tmp_path / 'run'
+    r = run('--root', tmp_path / 'nowhere', '--out', out, *opts)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert r.stderr.startswith('hacnn_train: error: ') and named in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()                                   # validated before anything was written
+
+
+def test_cli_device_without_gpu_and_debug(tmp_path):
+    if torch.cuda.is_available(): pytest.skip('a GPU is present')
+    r = run('--root', tmp_path, '--out', tmp_path / 'run', '--device', 'cuda')
+    assert r.returncode == 2 and 'no CUDA GPU' in r.stderr and 'Traceback' not in r.stderr
+    r = run('--root', tmp_path, '--out', tmp_path / 'run', '--device', 'cuda', '--debug')
+    assert r.returncode != 0 and 'Traceback' in r.stderr
+
+
+def test_config_file_round_trip_and_flags_override(world, tmp_path):
+    T.train(root=world, out=tmp_path / 'a', epochs=1, flip=True, **TINY)
+    r = run('--config', tmp_path / 'a/config.json', '--out', tmp_path / 'b', '--epochs', 1, '--no-flip')
+    assert r.returncode == 0, r.stderr
+    a, b = (json.loads((tmp_path / x / 'config.json').read_text()) for x in 'ab')
+    assert {k for k in a if a[k] != b[k]} == {'out', 'flip'} and b['flip'] is False
+
+
+def test_named_recipes():
+    assert T.recipe('paper') == T.TrainConfig()
+    z = T.recipe('torchreid')
+    assert (z.optimizer, z.base_lr, z.epochs, z.milestone_list, z.flip) == ('sgd', 0.03, 300, [150, 225], True)
+    assert T.recipe('demo').widths == '32,64,96'
+
+
+# ---- nothing lost (2): the output folder -------------------------------------------------------------
+
+def test_out_with_foreign_files_is_refused(world, tmp_path):
+    out = tmp_path / 'mine'; out.mkdir()
+    for n in ('config.json', 'best.pt'): (out / n).write_text('my own file')
+    with pytest.raises(T.TrainError, match='holds config.json, best.pt but no training run'):
+        T.train(root=world, out=out, epochs=1, **TINY)
+    assert (out / 'config.json').read_text() == 'my own file'
+    f = tmp_path / 'afile'; f.write_text('x')
+    with pytest.raises(T.TrainError, match='is a file'): T.train(root=world, out=f, epochs=1, **TINY)
+
+
+def test_second_run_into_the_same_out_is_locked_out(world, tmp_path):
+    out = tmp_path / 'run'
+    with T.RunLock(out):
+        r = run('--root', world, '--out', out, '--epochs', 1, *TINY_CLI)
+        assert r.returncode == 2 and 'in use by another training run' in r.stderr and str(os.getpid()) in r.stderr
+    assert not out.exists()                                   # the folder made for the lock went with it
+    out.mkdir()
+    (out / '.lock').write_text(json.dumps({'pid': 999_999_999, 'host': __import__('socket').gethostname()}))
+    T.train(root=world, out=out, epochs=1, **TINY)             # a dead process's lock is taken over
+    assert not (out / '.lock').exists() and (out / 'last.pt').exists()
+
+
+def test_unscorable_test_split_is_refused_before_training(tmp_path):
+    w = make_tiny_world(tmp_path / 'w')
+    for p in (w / 'bounding_box_test').iterdir(): p.unlink()
+    with pytest.raises(T.TrainError, match='0 gallery images'):
+        T.train(root=w, out=tmp_path / 'r', epochs=1, eval_every=1, **TINY)
+    assert not (tmp_path / 'r' / 'last.pt').exists()
+
+
+def test_epoch_is_saved_before_evaluation(world, tmp_path, monkeypatch):
+    def broken(self): raise OSError('the gallery disk went away')
+    monkeypatch.setattr(T.Trainer, 'evaluate', broken)
+    with pytest.raises(OSError): T.train(root=world, out=tmp_path / 'r', epochs=1, eval_every=1, **TINY)
+    assert torch.load(tmp_path / 'r/last.pt', weights_only=True)['epoch'] == 1   # the epoch is not lost
+
+
+def test_one_identity_is_refused(tmp_path):
+    w = make_tiny_world(tmp_path / 'w')
+    for p in (w / 'bounding_box_train').iterdir():
+        if not p.name.startswith('0001_'): p.unlink()
+    from hacnn_nbdev.data import TooFewIdentitiesError
+    with pytest.raises(TooFewIdentitiesError, match='holds 1 identity'): T.train(root=w, out=tmp_path / 'r', **TINY)
+    r = run('--root', w, '--out', tmp_path / 'r', *TINY_CLI)
+    assert r.returncode == 2 and 'holds 1 identity' in r.stderr and not (tmp_path / 'r').exists()
+
+
+def test_skip_unreadable(tmp_path):
+    w = make_tiny_world(tmp_path / 'w')
+    bad = sorted((w / 'bounding_box_train').iterdir())[0]
+    bad.write_bytes(b'not a jpeg')
+    r = run('--root', w, '--out', tmp_path / 'a', '--epochs', 1, *TINY_CLI)
+    assert r.returncode == 1 and bad.name in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    r = run('--root', w, '--out', tmp_path / 'b', '--epochs', 1, '--skip-unreadable', *TINY_CLI)
+    assert r.returncode == 0 and bad.name in r.stderr, r.stderr       # trained, and the bad file was named
+
+
+def test_resume_refuses_nan_weights_bare_tensors_and_misfits(world, tmp_path):
+    out = tmp_path / 'run'
+    T.train(root=world, out=out, epochs=1, **TINY)
+    ck = torch.load(out / 'last.pt', weights_only=True)
+    bad = {**ck, 'model': {**ck['model'], 'stem.0.weight': ck['model']['stem.0.weight'] * float('nan')}}
+    torch.save(bad, out / 'last.pt')
+    with pytest.raises(CheckpointError, match="non-finite weights.*'stem.0.weight'"):
+        T.train(root=world, out=out, epochs=2, resume=True, **TINY)
+    torch.save(torch.zeros(3), out / 'last.pt')
+    r = run('--root', world, '--out', out, '--epochs', 2, '--resume', *TINY_CLI)
+    assert r.returncode == 2 and 'bare tensor' in r.stderr and 'Traceback' not in r.stderr
+    ck['model']['global_cls.weight'] = ck['model']['global_cls.weight'][:, :3]
+    torch.save(ck, out / 'last.pt')
+    r = run('--root', world, '--out', out, '--epochs', 2, '--resume', *TINY_CLI)
+    assert r.returncode == 2 and 'does not fit' in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_tensorboard_option(world, tmp_path):
+    pytest.importorskip('tensorboard', reason='the tensorboard package is optional')
+    T.train(root=world, out=tmp_path / 'r', epochs=1, tensorboard=True, **TINY)
+    assert any((tmp_path / 'r/tensorboard').iterdir())
 
 
 def test_cli_help():
     r = run('--help')
     assert r.returncode == 0
-    for opt in ('--root', '--out', '--epochs', '--seed', '--resume', '--widths', '--no-hard_attention', '--eval_every', '--amp', 'Sec. 4'):
+    for opt in ('--root', '--out', '--epochs', '--seed', '--resume', '--widths', '--no-hard_attention', '--eval_every', '--amp',
+                '--config', 'torchreid', 'Sec. 4'):
         assert opt in r.stdout, opt
     r = subprocess.run([str(BIN / 'hacnn_demo'), '--help'], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0 and '--threads' in r.stdout and '--root' in r.stdout
@@ -213,7 +337,9 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 import hacnn_nbdev.train as T
 root, out = sys.argv[1], sys.argv[2]
-t = T.Trainer(T.TrainConfig(root=root, out=out, epochs=2, widths='16,32,48', batch_size=8, height=80, width=32, progress=False, threads=1))
+info, device = T.init_distributed('cpu')   # the job's process group, as `train` sets it up
+t = T.Trainer(T.TrainConfig(root=root, out=out, epochs=2, widths='16,32,48', batch_size=8, height=80, width=32,
+                            progress=False, threads=1), None, info, device)
 t.fit()
 torch.save({k: v.detach().clone() for k, v in t.model.state_dict().items()}, f'{out}/rank{t.dist.rank}.pt')
 dist.destroy_process_group()
