@@ -325,6 +325,9 @@ class CUHK03(ReIDData):
                 ):
         _one_of('variant', variant, ('detected', 'labeled'))
         _one_of('protocol', protocol, ('new', 'classic'))
+        if protocol == 'new' and split != 0:
+            raise OptionError('split', "0: the 767/700 protocol has one split (the classic protocol's "
+                              "20 splits: protocol='classic')", split)
         self.root, self.variant, self.protocol, self.split = Path(root), variant, protocol, split
         if (e := _not_a_folder(self.root, 'CUHK03 not found')) is not None: raise e
         if not self.root.is_dir(): raise _cuhk03_missing(self.root, self.root)
@@ -795,14 +798,3 @@ def data_main(argv:list|None=None, # the words after `hacnn_data`; default `sys.
     run_command(data_cli, 'hacnn_data', argv)
 
 if __name__ == '__main__' and '__file__' in globals(): data_main()  # python -m hacnn_nbdev.data
-
-# %% ../nbs/06_data.ipynb #7a5e0c20
-_IN_LOADERS = ('MEAN', 'STD', 'ReIDDataset', 'ReIDSampler', 'build_test_loader',
-               'build_train_loader', 'denormalise')
-
-def __getattr__(name:str):
-    "The names of `hacnn_nbdev.loaders`, also found here (PEP 562: looked up on first use)."
-    if name in _IN_LOADERS:
-        from hacnn_nbdev import loaders
-        return getattr(loaders, name)
-    raise AttributeError(f"module 'hacnn_nbdev.data' has no attribute {name!r}")

@@ -90,7 +90,7 @@ def _feature_pair(qf, gf, names=('qf', 'gf')) -> tuple:
                          f"D >= 1; got {tuple(qf.shape)} and {tuple(gf.shape)}")
     return qf, gf
 
-# %% ../nbs/08_metrics.ipynb #076ea14d
+# %% ../nbs/08_metrics.ipynb #bfc3ca28
 def compute_distance(
     qf, # (Q, D) query features, NumPy or torch, on any device
     gf, # (G, D) gallery features
@@ -393,7 +393,7 @@ def evaluate_rank(
     d, qp, gp, qc, gc = check_rank_inputs(distmat, *labels, max_rank, ap_mode, scan_nan=False)
     return metrics_from_ranks(_positive_ranks(d, qp, gp, qc, gc), max_rank, ap_mode)
 
-# %% ../nbs/08_metrics.ipynb #f3c813dc
+# %% ../nbs/08_metrics.ipynb #ead1cbd8
 def score_features(
     qf, # (Q, D) query features, NumPy or torch, on any device
     gf, # (G, D) gallery features
@@ -532,15 +532,3 @@ def evaluate_multi_query(
         if k in lut: qf[i] = pooled[lut[k]]
     return evaluate_rank(compute_distance(qf, g_feats, metric), q_pids, g_pids, q_camids, g_camids,
                          max_rank)
-
-# %% ../nbs/08_metrics.ipynb #e962ddde
-_APPENDIX = ('re_ranking', 'faiss_search', 'evaluate_topk', 'TopkResult', 'plot_cmc',
-             'pair_distances', 'plot_distance_distributions')
-
-def __getattr__(name:str, # an attribute not defined here
-               ):
-    "The appendix's tools (`hacnn_nbdev.ranking`), imported on first use."
-    if name in _APPENDIX:
-        from hacnn_nbdev import ranking
-        return getattr(ranking, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from .metrics import (RankResult, PositiveRanks, check_rank_inputs, compute_distance,
-                                 metrics_from_ranks, positive_ranks, query_groups, evaluate_rank,
-                                 _as_tensor, _feature_pair, _features, _l2n, _need_int)
+                                 metrics_from_ranks, positive_ranks, query_groups,
+                                 _feature_pair, _l2n, _need_int)
 
 # %% auto #0
 __all__ = ['re_ranking', 'faiss_search', 'TopkResult', 'evaluate_topk', 'plot_cmc', 'pair_distances',

@@ -178,7 +178,7 @@ def register_pairs(pairs:list, # from `frame_pairs`
     "`register_boxes` of every frame: {cell: (labelled box in the detected crop's fractions, NCC)}."
     cache = Path(cache) if cache else None
     done = json.loads(cache.read_text()) if cache and cache.exists() else {}
-    for c, l, d, _ in tqdm(pairs, disable=not progress, desc='registering'):
+    for c, l, d, _ in tqdm(pairs, disable=None if progress else True, desc='registering'):
         if c in done: continue
         b, q = register_boxes(l, d)
         done[c] = [[round(float(v), 4) for v in b], round(q, 4)]

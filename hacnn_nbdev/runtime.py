@@ -94,7 +94,7 @@ def extract_features(model:torch.nn.Module, # anything like HACNN in eval mode: 
     model.eval()
     fs, ps, cs = [], [], []
     try:
-        for x, p, c in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for x, p, c in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                 fs.append(model(x).float().cpu())

@@ -487,13 +487,3 @@ def synth_main(argv:list|None=None, # the words after `hacnn_synth`; default `sy
     run_command(synth_cli, 'hacnn_synth', argv)
 
 if __name__ == '__main__' and '__file__' in globals(): synth_main()  # python -m ...synthetic
-
-# %% ../nbs/07_synthetic.ipynb #b7e0c1e1
-_IN_BASELINE = ('colour_histograms', 'histogram_distances')
-
-def __getattr__(name:str):
-    "The names of `hacnn_nbdev.baseline`, also found here (PEP 562: looked up on first use)."
-    if name in _IN_BASELINE:
-        from hacnn_nbdev import baseline
-        return getattr(baseline, name)
-    raise AttributeError(f"module 'hacnn_nbdev.synthetic' has no attribute {name!r}")

@@ -324,7 +324,7 @@ def write_attention(model:torch.nn.Module, # a network in eval mode, with `.inpu
     "A Fig. 6 picture per image (`plot_attention`), written as PNG files; the files written."
     out, written = Path(out), []
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(paths, desc='attention', disable=not progress, leave=False)
+    bar = tqdm(paths, desc='attention', disable=None if progress else True, leave=False)
     for p, name in zip(bar, png_names(paths)):
         fig = plot_attention(model, p)                 # read_image: an undecodable file is named
         fig.savefig(out / name, dpi=100, bbox_inches='tight')

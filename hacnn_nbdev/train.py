@@ -751,7 +751,7 @@ def fit(self:Trainer) -> list:
     self.log(f"training HA-CNN on {self.device} x {self.dist.world_size} process(es): "
              f"{len(self.ds.train)} images, {self.num_classes} identities, "
              f"epochs {self.epoch + 1}..{c.epochs}, out {str(self.out)!r}")
-    bars = dict(disable=not (main and c.progress), dynamic_ncols=True)
+    bars = dict(disable=None if main and c.progress else True, dynamic_ncols=True)
     with StopFlag() as stop, tqdm(total=c.epochs, initial=self.epoch, desc='epochs',
                                   **bars) as ebar:
         while self.epoch < c.epochs:

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import numpy as np, pytest, torch, matplotlib
 matplotlib.use('Agg')
 from PIL import Image
+from conftest import one_line_error
 from hacnn_nbdev.core import InputSpec
 from hacnn_nbdev.checkpoint import CheckpointError, save_checkpoint, model_checkpoint, load_model
 from hacnn_nbdev.data import get_dataset
@@ -48,10 +49,7 @@ def run(*argv):
         except SystemExit as e: code = e.code
     return code, out.getvalue(), err.getvalue()
 
-def one_line(code, err, want_code, *words):
-    assert code == want_code, (code, err)
-    assert err.count('\n') == 1 and err.startswith('hacnn_eval: error: ') and 'Traceback' not in err, err
-    for w in words: assert w in err, (w, err)
+def one_line(code, err, want_code, *words): one_line_error((code, err), 'hacnn_eval', want_code, *words)
 
 # ---- end to end
 
@@ -126,7 +124,7 @@ def test_dataset_inferred_from_the_checkpoint(world, tmp_path):
 
 def test_cuhk03_classic_single_shot(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_data import write_cuhk03_mat                                               # tests/test_data.py's tiny cuhk-03.mat
+    from conftest import write_cuhk03_mat                                                # a tiny cuhk-03.mat
     root = tmp_path / 'cuhk03'; (root / 'cuhk03_release').mkdir(parents=True)
     write_cuhk03_mat(root / 'cuhk03_release' / 'cuhk-03.mat')
     ck = save_checkpoint(model_checkpoint(tiny(3)), tmp_path / 'c.pt')

@@ -205,12 +205,6 @@ def test_metrics_loads_no_plotting_library_and_neither_does_training():
     assert out.strip() == '[]'
 
 
-def test_appendix_names_resolve_to_the_ranking_module():
-    from hacnn_nbdev import ranking
-    assert M.re_ranking is ranking.re_ranking and M.plot_cmc is ranking.plot_cmc
-    with pytest.raises(AttributeError, match='no attribute'): M.not_a_name
-
-
 # --- hostile input: one check (check_rank_inputs) at every public entry point ---------------------------------
 
 def _nan(d, *lab):

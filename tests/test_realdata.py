@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import jpeg as _jpeg
 import torch
 from PIL import Image
 
@@ -24,10 +25,7 @@ needs_real = pytest.mark.skipif(not ((REALDATA / 'cuhk01').is_dir() and (REALDAT
                                 reason=f'real datasets not present at {REALDATA} (set HACNN_REALDATA to their folder)')
 
 
-def jpeg(path, colour, size=(50, 160)):
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new('RGB', size, colour).save(path, quality=95)
-    return path
+def jpeg(path, colour, size=(50, 160)): return _jpeg(path, colour, size)
 
 
 NP_NAMES = {'bounding_box_train': ['0001_c1_1.jpg', '0001_c2_6.jpg', '0004_c1_2.jpg', '0004_c2_9.jpg', '0005_c1_3.jpg', '0005_c2_4.jpg'],

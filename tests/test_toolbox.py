@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np, pytest, torch, matplotlib
 matplotlib.use('Agg')
 from PIL import Image
+from conftest import one_line_error
 from hacnn_nbdev.core import InputSpec
 from hacnn_nbdev.checkpoint import CheckpointError, save_checkpoint, model_checkpoint, load_model
 from hacnn_nbdev.cli import UsageError, run_command
@@ -21,13 +22,6 @@ def run(cmd, *args, timeout=300):
     "Run an installed console script (or `python -m hacnn_nbdev.toolbox` for cmd=None)."
     exe = [sys.executable, '-m', 'hacnn_nbdev.toolbox'] if cmd is None else [str(BIN / cmd)]
     return subprocess.run(exe + [str(a) for a in args], capture_output=True, text=True, env=ENV, timeout=timeout)
-
-def one_line_error(p, prog, code, *words):
-    "The process failed with `code` and said so in one line naming `words`, without a traceback."
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == code, (p.returncode, p.stderr)
-    assert len(lines) == 1 and lines[0].startswith(f'{prog}: error: ') and 'Traceback' not in p.stderr, p.stderr
-    for w in words: assert str(w) in lines[0], (w, lines[0])
 
 def in_process(func, *argv):
     "Run `func` as its command on `argv` in this process: (exit code, stderr)."
