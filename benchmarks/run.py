@@ -244,7 +244,7 @@ def bench_evaluator():
         t = time.perf_counter(); out = f(); return time.perf_counter() - t, out
     def run(k, nq):
         qs, lab = q[:nq], (fs.q_pids[:nq], fs.g_pids, fs.q_camids[:nq], fs.g_camids)
-        if k == 'ours': dist, rank = (lambda: compute_distance(qs, g)), (lambda d: evaluate_rank(d, *lab)[:2])
+        if k == 'ours': dist, rank = (lambda: compute_distance(qs, g)), (lambda d: (lambda r: (r.cmc, r.mAP))(evaluate_rank(d, *lab)))
         else: dist, rank = (lambda: peer_distance.compute_distance_matrix(qs, g, 'euclidean').numpy()), (lambda d: peer_rank.eval_market1501(d, *lab, 50))
         td, d = timed(dist); tr, (cmc, mAP) = timed(lambda: rank(d))
         return {'queries': nq, 'seconds': td + tr, 'distance_seconds': td, 'rank_seconds': tr, 'queries_s': nq / (td + tr),

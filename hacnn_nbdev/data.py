@@ -326,8 +326,8 @@ class CUHK03(ReIDData):
         _one_of('variant', variant, ('detected', 'labeled'))
         _one_of('protocol', protocol, ('new', 'classic'))
         if protocol == 'new' and split != 0:
-            raise OptionError('split', "0: the 767/700 protocol has one split (the classic protocol's "
-                              "20 splits: protocol='classic')", split)
+            raise OptionError('split', "0: the 767/700 protocol has one split "
+                              "(the classic protocol's 20: protocol='classic')", split)
         self.root, self.variant, self.protocol, self.split = Path(root), variant, protocol, split
         if (e := _not_a_folder(self.root, 'CUHK03 not found')) is not None: raise e
         if not self.root.is_dir(): raise _cuhk03_missing(self.root, self.root)

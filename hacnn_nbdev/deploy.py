@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from .core import default_device
+from .core import default_device, InputSpec
 from .inception import InceptionA, InceptionB
 from .hard_attention import HardAttention
+from .loaders import build_test_loader
+from .runtime import extract_features
+from .metrics import compute_distance, evaluate_rank
 
 # %% auto #0
 __all__ = ['BF16_FLAGS', 'AMP_CHOICES', 'REDUCED_RTOL', 'op_profile', 'fold_bn', 'fold_batchnorms', 'time_call', 'ToChannelsLast',
@@ -340,10 +343,6 @@ def precision_parity(model:nn.Module, # a trained HACNN (its device is used)
                      batch_size:int=128, # images per forward pass
                     ) -> list: # one dict per precision (scores in %)
     "rank-1, mAP, mINP on ds's test split with `optimize_for_inference` in each precision."
-    from hacnn_nbdev.core import InputSpec
-    from hacnn_nbdev.loaders import build_test_loader
-    from hacnn_nbdev.runtime import extract_features
-    from hacnn_nbdev.metrics import compute_distance, evaluate_rank
     spec = spec or getattr(model, 'input_spec', None) or InputSpec()
     kw = dict(height=spec.height, width=spec.width, mean=spec.mean, std=spec.std)
     rows, ref = [], None
@@ -370,14 +369,13 @@ def parity_table(rows:list, # from `precision_parity`
     "The rows of `precision_parity` as a table, with each precision's difference to the first."
     b = rows[0]
     out = ['| precision | rank-1 | mAP | mINP | Δ rank-1 / mAP / mINP (points) | '
-           'same top-1 match | largest Δfeature (largest feature) | images/s |',
-           '|---|---:|---:|---:|---|---:|---|---:|']
+           'same top-1 match | largest Δfeature (largest feature) |',
+           '|---|---:|---:|---:|---|---:|---|']
     for r in rows:
         dl = ' / '.join(f"{r[k] - b[k]:+.2f}" for k in ('rank1', 'mAP', 'mINP'))
         out.append(f"| {r['dtype']} (amp={r['amp']!r}) | {r['rank1']:.2f} | {r['mAP']:.2f} | "
                    f"{r['mINP']:.2f} | {dl} | {r['same_top1']:.1f}% | "
-                   f"{r['max_diff']:.2g} ({r['max_feature']:.3g}) | "
-                   f"{r['images'] / r['seconds']:.0f} |")
+                   f"{r['max_diff']:.2g} ({r['max_feature']:.3g}) |")
     return '\n'.join(out)
 
 # %% ../nbs/13_deploy.ipynb #6b748a7c

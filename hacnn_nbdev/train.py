@@ -21,7 +21,7 @@ from .model import HACNN
 from .checkpoint import (CKPT_FORMAT, CheckpointError, save_checkpoint, load_checkpoint,
                                     check_checkpoint, model_checkpoint, _fit_problems)
 from .data import get_dataset, check_trainable
-from .loaders import ReIDDataset, ReIDSampler
+from .loaders import ReIDSampler, build_train_loader, build_test_loader
 from .metrics import score_features
 from .cli import UsageError, parse_dataclass, run_main
 from .runtime import (precision, autocast, DistInfo, init_distributed, StopFlag,
@@ -423,15 +423,18 @@ def load_data(self:Trainer):
     check_trainable(self.ds)                         # two identities at least, or a named error
     self.num_classes = self.ds.num_train_pids
     if c.eval_every: self.check_test_split()
-    self.train_set = self.dataset(self.ds.train)     # with --skip_unreadable: the readable images
-    self.sampler = ReIDSampler([p for _, p, _ in self.train_set.records], c.batch_size, c.sampler,
-                               c.num_instances, c.seed, self.dist.rank, self.dist.world_size)
+    def order(ds):   # the run's order over the readable images: a function of (seed, epoch, rank)
+        return ReIDSampler(ds.pids, c.batch_size, c.sampler, c.num_instances, c.seed,
+                           self.dist.rank, self.dist.world_size)
+    self.train_loader = build_train_loader(
+        self.ds.train, c.batch_size // self.dist.world_size, self.workers, c.height, c.width,
+        sampler=order, seed=c.seed, pin_memory=self.device.type == 'cuda', drop_last=False,
+        skip_unreadable=c.skip_unreadable)
+    self.train_set, self.sampler = self.train_loader.dataset, self.train_loader.sampler
     self.sampler.set_epoch(1)
     if len(self.sampler) == 0:
         raise TrainError(f"{len(self.train_set)} training images do not fill one batch of "
                          f"{c.batch_size} (sampler {c.sampler!r}); lower --batch_size")
-    self.train_loader = self.loader(self.train_set, self.sampler,
-                                    c.batch_size // self.dist.world_size)
 
 @patch
 def check_test_split(self:Trainer):
@@ -445,21 +448,18 @@ def check_test_split(self:Trainer):
         raise TrainError(f"--eval_every {self.cfg.eval_every}: no query of {root!r} has its person "
                          "in the gallery under another camera, so nothing can be scored")
 
-@patch
-def dataset(self:Trainer, records:list) -> ReIDDataset:
-    "`records` as tensors of the run's input spec (`06a_loaders`)."
-    c = self.cfg
-    return ReIDDataset(records, height=c.height, width=c.width, skip_unreadable=c.skip_unreadable)
+@patch(as_prop=True)
+def workers(self:Trainer) -> int:
+    "Data-loading processes: --workers, or 4 on a GPU and 0 (in-process) on a CPU."
+    return self.cfg.workers if self.cfg.workers >= 0 else (4 if self.device.type == 'cuda' else 0)
 
 @patch
-def loader(self:Trainer, data:list|ReIDDataset, sampler=None, batch_size:int=32) -> DataLoader:
-    "A DataLoader over records or a dataset (no random transforms: augmentation is on the batch)."
+def test_loader(self:Trainer, records:list) -> DataLoader:
+    "The loader `06a_loaders` teaches, over query or gallery records, at the run's input size."
     c = self.cfg
-    w = c.workers if c.workers >= 0 else (4 if self.device.type == 'cuda' else 0)
-    ds = data if isinstance(data, ReIDDataset) else self.dataset(data)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=w,
-                      pin_memory=self.device.type == 'cuda', persistent_workers=w > 0,
-                      generator=torch.Generator().manual_seed(c.seed))
+    return build_test_loader(records, 128, self.workers, c.height, c.width,
+                             pin_memory=self.device.type == 'cuda',
+                             skip_unreadable=c.skip_unreadable)
 
 # %% ../nbs/09_train.ipynb #a93978dc
 def _run_summary(ck:dict) -> str:
@@ -722,7 +722,7 @@ def evaluate(self:Trainer) -> dict:
     "rank-1, rank-5, mAP, mINP (fractions) on the query/gallery split (main process; others wait)."
     res = {}
     if self.dist.main:
-        feats = [extract_features(self.model, self.loader(recs, batch_size=128), False, name,
+        feats = [extract_features(self.model, self.test_loader(recs), False, name,
                                   self.autocast_dtype)
                  for name, recs in (('query', self.ds.query), ('gallery', self.ds.gallery))]
         (qf, qp, qc), (gf, gp, gc) = feats
