@@ -381,3 +381,18 @@ def test_theta_lr_mult_groups_and_resume(world, tmp_path):
     a, b = (torch.load(tmp_path / r / 'last.pt', weights_only=True) for r in ('straight', 'resumed'))
     assert_same(a['model'], b['model'])
     assert [pg['lr'] for pg in b['optimizer']['param_groups']] == pytest.approx([5e-4, 5e-3])   # the group survives the resume
+
+
+def test_kill_9_during_a_save_leaves_no_orphan_for_long(tmp_path):
+    "A writer killed outright leaves its temporary file; the next save of the same checkpoint removes it."
+    from hacnn_nbdev.checkpoint import save_checkpoint, load_checkpoint
+    script = ("import sys, torch\nfrom hacnn_nbdev.checkpoint import save_checkpoint\n"
+              "x = {'w': torch.randn(40_000_000)}\n"
+              "while True: save_checkpoint(x, sys.argv[1])\n")
+    p = subprocess.Popen([sys.executable, '-c', script, str(tmp_path / 'last.pt')], env=ENV)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob('.last.pt.*.tmp')) and time.time() < deadline: time.sleep(0.01)
+    p.kill(); p.wait()                                           # SIGKILL, mid-write
+    assert list(tmp_path.glob('.last.pt.*.tmp')), 'the writer was killed outside a write'
+    save_checkpoint({'epoch': 1}, tmp_path / 'last.pt')
+    assert sorted(q.name for q in tmp_path.iterdir()) == ['last.pt'] and load_checkpoint(tmp_path / 'last.pt')['epoch'] == 1

@@ -137,6 +137,10 @@ class Checker:
         broken = drv.execute_script("""return Array.from(document.images)
             .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => (i.currentSrc || i.src).slice(0, 120));""")
         self.ok(not broken, f'{rel}: broken image(s): {broken}')
+        # the figures the book promises are on their pages (drawn, not just linked)
+        drawn = drv.execute_script("return Array.from(document.images).filter(i => i.naturalWidth > 100).length;")
+        want = FIGURES.get(rel, 0)
+        self.ok(drawn >= want, f'{rel}: {drawn} figure(s) drawn, expected at least {want}')
         # every internal href/src resolves (the file exists; a #fragment names an element there)
         refs = drv.execute_script("""return Array.from(document.querySelectorAll('[href],[src]'))
             .map(e => [e.tagName, e.href || e.src || '']).filter(r => typeof r[1] === 'string');""")
@@ -188,6 +192,15 @@ class Checker:
         if hits: self.ok(any(urlparse(h).path.endswith('/' + expect) for h in hits), f'search "{query}": {expect} not among {hits[:5]}')
         print(f'  search "{query}": {len(hits)} result link(s), "{meta}"; first: {hits[:3]}')
         self.network('search'); self.console('search')
+
+# pages whose figures the reader needs: at least this many drawn images (width > 100 px)
+FIGURES = {'hard_attention.html': 1,   # Eq. 5 on pixels: regions cut out of a pedestrian
+           'harmonious.html': 1,       # the HA module, Fig. 3a-d
+           'model.html': 2,            # the network, Fig. 2, and Eq. 6's cross-attention panel
+           'first_training.html': 1,   # the loss curve of the first training
+           'visualize.html': 1,        # Fig. 6 attention pictures
+           'realdata.html': 3}         # HA-CNN on real pedestrians
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
