@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['ConvBlock', 'seed_everything', 'DeviceError', 'default_device', 'InputSpec']
+__all__ = ['ConvBlock', 'seed_everything', 'n_params', 'DeviceError', 'default_device', 'InputSpec']
 
 # %% ../nbs/00_core.ipynb #263f83f5
 class ConvBlock(nn.Sequential):
@@ -37,6 +37,12 @@ def seed_everything(seed:int=0, # the one seed every generator starts from
     torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     return seed
+
+# %% ../nbs/00_core.ipynb #314d7ded
+def n_params(m:nn.Module, # any module
+            ) -> int:
+    "The number of parameters of `m` (every tensor in `m.parameters()`)."
+    return sum(p.numel() for p in m.parameters())
 
 # %% ../nbs/00_core.ipynb #dc87c088
 class DeviceError(RuntimeError):

@@ -33,9 +33,6 @@ class ReIDDataset(Dataset):
                  records:Sequence, # (image_path, pid, camid) records, e.g. `Market1501(root).train`
                  height:int=InputSpec.height, # output height (the paper: 160)
                  width:int=InputSpec.width, # output width (the paper: 64)
-                 train:bool=False, # apply the augmentations below (never at test time)
-                 flip:bool=False, # random horizontal flips (off in the paper, Sec. 4)
-                 random_crop:bool=False, # random 1/8 enlarge-and-crop shifts (off in the paper)
                  mean:Sequence=MEAN, # per-channel mean subtracted
                  std:Sequence=STD, # per-channel standard deviation divided by
                  skip_unreadable:bool=False, # decode all images now; leave out, warn of, bad ones
@@ -43,7 +40,6 @@ class ReIDDataset(Dataset):
         self.height, self.width = _pixels('height', height), _pixels('width', width)
         self.records, self.skipped = list(records), []
         if skip_unreadable: self._skip_unreadable()
-        self.train, self.flip, self.random_crop = train, flip, random_crop
         self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     def __len__(self): return len(self.records)
     @property
@@ -61,21 +57,11 @@ def _skip_unreadable(self:ReIDDataset):
         warnings.warn(f"skipped {len(self.skipped)} of {n} images that cannot be read: {shown}")
 
 @patch
-def _crop(self:ReIDDataset, img:Image.Image) -> Image.Image:
-    "Enlarge by 1/8 and cut a random height × width window (with probability 1/2)."
-    if torch.rand(()) < 0.5: return img.resize((self.width, self.height), Image.BILINEAR)
-    H, W = round(self.height * 1.125), round(self.width * 1.125)
-    y, x = (int(torch.randint(0, n + 1, ())) for n in (H - self.height, W - self.width))
-    return img.resize((W, H), Image.BILINEAR).crop((x, y, x + self.width, y + self.height))
-
-@patch
 def __getitem__(self:ReIDDataset, i:int):
     path, pid, camid = self.records[i]
     img = read_image(path)
-    if self.train and self.random_crop: img = self._crop(img)
-    else: img = img.resize((self.width, self.height), Image.BILINEAR)
+    img = img.resize((self.width, self.height), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.).permute(2, 0, 1)  # (3, H, W)
-    if self.train and self.flip and torch.rand(()) < 0.5: x = x.flip(-1)
     return (x - self.mean) / self.std, pid, camid
 
 # %% ../nbs/06a_loaders.ipynb #2f215b6d
@@ -170,7 +156,7 @@ def build_test_loader(records:Sequence, # (path, pid, camid) records, e.g. `ds.q
                       **kwargs, # more `ReIDDataset` options (mean, std, skip_unreadable)
                      ) -> DataLoader:
     "A loader over `records` in their order, without augmentation."
-    ds = ReIDDataset(records, height, width, train=False, **kwargs)
+    ds = ReIDDataset(records, height, width, **kwargs)
     return DataLoader(ds, batch_size=_whole('batch_size', batch_size), shuffle=False,
                       **_loader_kw(workers, pin_memory))
 
@@ -182,16 +168,13 @@ def build_train_loader(records:Sequence, # training records, pids 0..n−1
                        width:int=InputSpec.width, # image width
                        sampler='random', # 'random', 'identity' (P×K), a Sampler, or dataset → one
                        num_instances:int=4, # K for the identity sampler
-                       flip:bool=False, # random flips (off in the paper)
-                       random_crop:bool=False, # random translations (off in the paper)
-                       seed:int=0, # seeds the shuffling and the workers' augmentation
+                       seed:int=0, # seeds the shuffling
                        pin_memory:bool|None=None, # `None`: on when CUDA is available
                        drop_last:bool=True, # drop the last incomplete batch
                        **kwargs, # more `ReIDDataset` options (mean, std, skip_unreadable)
                       ) -> DataLoader:
-    "A training loader: shuffled (or identity-balanced, or the caller's sampler), maybe augmented."
-    ds = ReIDDataset(records, height, width, train=True, flip=flip, random_crop=random_crop,
-                     **kwargs)
+    "A training loader: shuffled (or identity-balanced, or the caller's sampler)."
+    ds = ReIDDataset(records, height, width, **kwargs)
     if sampler == 'identity':
         sampler = ReIDSampler(ds.pids, batch_size, 'identity', num_instances, seed)
     elif sampler == 'random': sampler = None

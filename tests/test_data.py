@@ -206,16 +206,13 @@ def test_dataset_decodes_resizes_normalises(tmp_path):
     assert ReIDDataset([(str(png), 1, 0)])[0][0].shape == (3, 160, 64)
 
 
-def test_augmentation_only_when_training(tmp_path):
+def test_no_augmentation_in_the_dataset(tmp_path):
+    "Augmentation has one home, the trainer's batches (09_train); the dataset gives each image as it is."
     img = np.zeros((128, 64, 3), np.uint8); img[:, :32] = 255               # left half white
     p = tmp_path/'0001_c1s1_000001_00.png'; Image.fromarray(img).save(p)
-    recs = [(str(p), 0, 0)]
-    assert all(ReIDDataset(recs, flip=True)[0][0][0, 80, 5] > 1 for _ in range(10))        # train=False: never flipped
-    torch.manual_seed(0)
-    flipped = [ReIDDataset(recs, train=True, flip=True)[0][0][0, 80, 5] < 0 for _ in range(40)]
-    assert 5 < sum(flipped) < 35
-    torch.manual_seed(0)
-    assert ReIDDataset(recs, train=True, random_crop=True)[0][0].shape == (3, 160, 64)
+    ds = ReIDDataset([(str(p), 0, 0)])
+    assert all(ds[0][0][0, 80, 5] > 1 for _ in range(10))                    # never flipped
+    with pytest.raises(TypeError): ReIDDataset([(str(p), 0, 0)], flip=True)
 
 
 def test_corrupt_image_raise_and_skip(tmp_path):
@@ -271,14 +268,14 @@ def test_loaders(tmp_path):
     dist = build_train_loader(recs, 2, sampler=lambda d: torch.utils.data.DistributedSampler(d, num_replicas=3, rank=1, shuffle=False))
     assert order(dist) == [[0, 2], [3, 5]]                                # indices 1, 4, 7, 10 of rank 1 of 3
     with pytest.raises(ValueError, match="'random', 'identity'"): build_train_loader(recs, sampler='balanced')
-    assert build_test_loader(recs, batch_size=5).dataset.train is False
+    assert len(build_test_loader(recs, batch_size=5)) == 3
     assert [b[1].tolist() for b in build_test_loader(recs, batch_size=5)] == [[0, 0, 1, 1, 2], [2, 3, 3, 4, 4], [5, 5]]
     assert build_test_loader(recs, pin_memory=None).pin_memory == torch.cuda.is_available()
 
 
 def test_loader_with_worker_process(tmp_path):
     recs = [(str(jpeg(tmp_path/f'{p:04d}_c1s1_000001_00.jpg')), p, 0) for p in range(4)]
-    dl = build_train_loader(recs, batch_size=2, workers=1, flip=True)
+    dl = build_train_loader(recs, batch_size=2, workers=1)
     assert sum(len(b[1]) for b in dl) == 4
 
 
