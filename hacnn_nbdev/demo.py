@@ -50,7 +50,7 @@ def save_pictures(model:torch.nn.Module, # the trained HACNN (drawn at its `inpu
     at = np.linspace(0, len(ev.query) - 1, n_attention).round().astype(int)  # across the split
     picks = [ev.query[i][0] for i in at]
     figs = {'cmc.png': ax.figure, 'ranked_list.png': plot_ranked_lists(ev, n=6, top=8),
-            'attention.png': attention_grid(model.eval(), picks, per_row=n_attention)}
+            'attention.png': attention_grid(model.eval(), picks, per_row=1)}
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=100, bbox_inches='tight')
         plt.close(fig)
