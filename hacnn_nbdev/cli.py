@@ -10,8 +10,8 @@ from fastcore.docments import docments
 from fastcore.script import anno_parser
 
 # %% auto #0
-__all__ = ['UsageError', 'exit_code', 'canonical_options', 'dataclass_parser', 'read_config', 'parse_dataclass', 'run_main',
-           'run_command']
+__all__ = ['UsageError', 'exit_code', 'require_options', 'canonical_options', 'dataclass_parser', 'read_config',
+           'parse_dataclass', 'run_main', 'run_command']
 
 # %% ../nbs/18_cli.ipynb #464d3475
 class UsageError(ValueError):
@@ -26,6 +26,14 @@ def exit_code(e:BaseException, # the exception that ended a command
     if isinstance(status, int): return status
     if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError)): return 2
     return 1
+
+# %% ../nbs/18_cli.ipynb #7fdce7e1
+def require_options(**opts, # each option's value by its name (None, '' or [] when not given)
+                   ):
+    "A `UsageError` naming the options (given as keywords) whose value is missing."
+    if missing := [k for k, v in opts.items() if v in (None, '', [])]:
+        names = ', '.join('--' + k for k in missing)
+        raise UsageError(f"{names} {'is' if len(missing) == 1 else 'are'} required")
 
 # %% ../nbs/18_cli.ipynb #f9d3cd36
 def _key(opt:str) -> str: return opt.lstrip('-').replace('-', '_')

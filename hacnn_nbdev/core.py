@@ -60,10 +60,10 @@ def default_device(
         return torch.device('cpu')
     try: d = torch.device(device)
     except RuntimeError:
-        raise DeviceError(f"device {str(device)!r} is not a device name: use auto, cpu, cuda, "
-                          "cuda:1 or mps") from None
+        raise DeviceError(f"--device {device}: not a device name; use auto, cpu, cuda, cuda:1 "
+                          "or mps") from None
     if d.type == 'cuda' and not torch.cuda.is_available():
-        raise DeviceError(f"device {str(device)!r} was asked for, but torch sees no CUDA GPU here "
+        raise DeviceError(f"--device {device}: torch sees no CUDA GPU here "
                           "(torch.cuda.is_available() is False); use --device cpu, "
                           "or install a CUDA build of torch.")
     return d

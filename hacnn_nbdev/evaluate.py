@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from fastcore.script import store_true
 from .core import InputSpec, default_device
 from .checkpoint import load_checkpoint, build_model
-from .cli import UsageError, run_command
+from .cli import UsageError, run_command, require_options
 from .data import (
     DATASETS, BadFileNameError, OptionError, dataset_options, get_dataset, list_images,
     parse_pid_cam, read_image)
@@ -27,8 +27,7 @@ from .synthetic import MARKER
 # %% auto #0
 __all__ = ['BRANCHES', 'NO_RERANK_WITH_FAISS', 'SETTING_NAMES', 'MEASURES', 'branch_features', 'multi_query_records',
            'Evaluation', 'evaluate_model', 'results_table', 'results_dict', 'frame_axes', 'ranked_list',
-           'plot_ranked_lists', 'save_figures', 'pick_device', 'require_options', 'infer_dataset', 'open_dataset',
-           'run_eval', 'eval_command', 'eval_cli']
+           'plot_ranked_lists', 'save_figures', 'infer_dataset', 'open_dataset', 'run_eval', 'eval_command', 'eval_cli']
 
 # %% ../nbs/10_evaluate.ipynb #ebf2673c
 BRANCHES = ('both', 'global', 'local')
@@ -236,20 +235,6 @@ def save_figures(ev:Evaluation, # from `evaluate_model`
         plt.close(f)
     return [folder / n for n in figs]
 
-# %% ../nbs/10_evaluate.ipynb #40632b12
-def pick_device(device:str|None='auto', # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
-               ) -> torch.device:
-    "`00_core.default_device`, with a device that cannot be used as a `UsageError` naming --device."
-    try: return default_device(device)
-    except RuntimeError as e: raise UsageError(f"--device {device}: {e}") from None
-
-def require_options(**opts, # each option's value by its name (None, '' or [] when not given)
-                   ):
-    "A `UsageError` naming the options (given as keywords) whose value is missing."
-    if missing := [k for k, v in opts.items() if v in (None, '', [])]:
-        names = ', '.join('--' + k for k in missing)
-        raise UsageError(f"{names} {'is' if len(missing) == 1 else 'are'} required")
-
 # %% ../nbs/10_evaluate.ipynb #0645720e
 def _key(name:str) -> str: return re.sub(r'[^a-z0-9]', '', str(name).lower())
 
@@ -295,7 +280,7 @@ def run_eval(checkpoint:str|Path, # checkpoint file written by hacnn_train
     "Evaluate a checkpoint on a dataset's query/gallery split; log a Tables 2–4 style table."
     log = log or (lambda *a: None)
     ck = load_checkpoint(checkpoint)
-    model = build_model(ck, pick_device(device), repr(str(checkpoint)))
+    model = build_model(ck, default_device(device), repr(str(checkpoint)))
     ds = open_dataset(infer_dataset(root, ck, dataset), root, split)
     ev = evaluate_model(model, ds, mq_records=multi_query_records(root, ds.query), **kwargs)
     dev, epoch = next(model.parameters()).device, ck.get('epoch')

@@ -13,15 +13,15 @@ from PIL import Image
 from torch.utils.data import Dataset, DataLoader
 from tqdm.auto import tqdm
 from fastcore.script import store_true
-from .core import InputSpec
+from .core import InputSpec, default_device
 from .checkpoint import CheckpointError, build_model, load_model, model_checkpoint
-from .cli import UsageError, run_command, run_main
+from .cli import UsageError, run_command, run_main, require_options
 from .data import IMG_EXTS, read_image
 from .loaders import ReIDDataset
 from .runtime import extract_features
 from .metrics import compute_distance
 from .ranking import re_ranking, faiss_search
-from .evaluate import NO_RERANK_WITH_FAISS, frame_axes, pick_device, require_options
+from .evaluate import NO_RERANK_WITH_FAISS, frame_axes
 from .viz import prepare_image, plot_attention
 from .deploy import (
     optimize_for_inference, export_onnx, check_parity, OnnxFeatureExtractor)
@@ -71,7 +71,7 @@ def load_network(checkpoint:str|Path, # a checkpoint file or an export folder (h
                  device:str|None='auto', # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
                 ) -> torch.nn.Module: # in eval mode on `device`, with `.input_spec`
     "The network of a checkpoint (`05c_checkpoint.load_model`) or export folder (`load_exported`)."
-    dev = pick_device(device)
+    dev = default_device(device)
     if Path(checkpoint).is_dir(): return load_exported(checkpoint, dev)
     return load_model(checkpoint, dev)
 
