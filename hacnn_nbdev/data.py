@@ -608,6 +608,7 @@ def _csv_header(path:Path, header:list, line:int) -> dict:
                                       f"(in any order), not {','.join(header)[:80]!r}{hint}")
     return cols
 
+# %% ../nbs/06_data.ipynb #bca6d837
 def _csv_row(path:Path, n:int, row:list, cols:dict, seen:dict) -> tuple:
     "`(split, image path, person, camera)` of data row `row` (line `n`), checked."
     if len(row) < len(cols):
@@ -628,6 +629,7 @@ def _csv_row(path:Path, n:int, row:list, cols:dict, seen:dict) -> tuple:
         raise BadRowError(path, n, f"{v['path']!r} is listed again (first on line {first})")
     return split, str(img), v['person'], v['camera']
 
+# %% ../nbs/06_data.ipynb #ed3baf56
 def read_csv_rows(path:Path, # a CSV file of path,person,camera,split rows
                  ) -> list[tuple[str, str, str, str]]:
     "`(split, image path, person, camera)` of every row, checked; a bad row is an error naming it."

@@ -364,6 +364,7 @@ def precision_parity(model:nn.Module, # a trained HACNN (its device is used)
         rows.append(row)
     return rows
 
+# %% ../nbs/13_deploy.ipynb #e9381889
 def parity_table(rows:list, # from `precision_parity`
                 ) -> str: # a Markdown table
     "The rows of `precision_parity` as a table, with each precision's difference to the first."

@@ -305,6 +305,7 @@ def _writable(path:str|Path, option:str):
     except OSError as e:
         raise UsageError(f"{option} {str(p)!r}: cannot create its folder ({e.strerror})") from None
 
+# %% ../nbs/10_evaluate.ipynb #a74942dd
 def eval_command(checkpoint:str=None, # checkpoint file written by hacnn_train (required)
                  root:str=None, # dataset folder, e.g. data/market1501 (required)
                  dataset:str=None, # market1501, cuhk03, cuhk01, ...; default: inferred
@@ -334,6 +335,7 @@ def eval_command(checkpoint:str=None, # checkpoint file written by hacnn_train (
                  workers=workers, skip_unreadable=skip_unreadable, progress=not no_progress)
     except OptionError as e: raise (e.dashed() if e.option == 'split' else e) from None
 
+# %% ../nbs/10_evaluate.ipynb #8ebbf812
 def eval_cli(argv:list|None=None, # the words after `hacnn_eval`; default `sys.argv[1:]`
             ):
     "The `hacnn_eval` command (settings.ini's console script)."

@@ -316,6 +316,7 @@ def sweep_rows(records:list, # run records
     return [dict(jitter=j, **{c: summarise(records, c, feature, j, seeds) for c in configs})
             for j in jits]
 
+# %% ../nbs/12_experiments.ipynb #055f6034
 def sweep_table(rows:list, # from `sweep_rows`
                 configs:tuple=('No attention', 'All'), # the two networks (gap: second − first)
                ) -> Md:
@@ -333,6 +334,7 @@ def sweep_table(rows:list, # from `sweep_rows`
               f"| {len(r[a]['seeds'])} / {len(r[b]['seeds'])} |\n")
     return Md(s)
 
+# %% ../nbs/12_experiments.ipynb #ea12a8bd
 def plot_sweep(rows:list, # from `sweep_rows`
                configs:tuple=('No attention', 'All'), # the networks drawn
                labels:tuple=('no attention', 'HA-CNN'), # their legend names
@@ -362,10 +364,12 @@ def paired_gains(runs:list, # score dicts with a 'seed' (fractions), of the conf
     return [dict(seed=r['seed'], **{k: 100 * (r[k] - by[r['seed']][k]) for k in keys})
             for r in sorted(runs, key=lambda r: r['seed']) if r['seed'] in by]
 
+# %% ../nbs/12_experiments.ipynb #b13ed0af
 def _scores(records, name, jitter, feature):
     return [dict(seed=r['seed'], **r['metrics'][feature]) for r in records
             if r and r['name'] == name and r['setup']['jitter'] == jitter]
 
+# %% ../nbs/12_experiments.ipynb #443b0f2d
 def runs_table(records:list, # run records
                keys:tuple=('rank1', 'mAP', 'mINP'), # the measures
                feature:str='joint', # which feature is evaluated
@@ -380,6 +384,7 @@ def runs_table(records:list, # run records
                     + ' | '.join(pm(st[k + '_all']) for k in keys) + ' |')
     return Md('\n'.join(rows))
 
+# %% ../nbs/12_experiments.ipynb #ac5c385b
 def gains_table(records:list, # run records
                 pairs:dict, # configuration -> the configuration it is compared with
                 keys:tuple=('rank1', 'mAP', 'mINP'), # the measures

@@ -297,45 +297,51 @@ def query_groups(
 # %% ../nbs/08_metrics.ipynb #7b67a08e
 _NAN = "distmat contains NaN; distances must be numbers (inf is allowed)"
 
-def _row_counts(row, t, invalid, dense_frac:float, buf) -> tuple:
-    "(lt, le): valid images of `row` closer than, no farther than each true-match distance in `t`."
-    tmax, G = t.max(), len(row)
-    if np.count_nonzero(row[::64] <= tmax) * 64 > dense_frac * G:  # most of the row: sort all of it
-        np.copyto(buf, row)
-        buf[invalid] = np.nan  # NaN sorts last: never counted
-        buf.sort()
-        if np.isnan(buf[G - 1 - len(invalid)]): raise ValueError(_NAN)  # one more NaN than we put
-        s = buf
-    else:  # a few candidates: extract them
-        if np.isnan(row.max()): raise ValueError(_NAN)
-        mask = row <= tmax
-        mask[invalid] = False
-        s = np.compress(mask, row)
-        s.sort()
+def _sparse_counts(row, t, invalid) -> tuple:
+    "(lt, le) for the true-match distances `t` of `row`: its few candidates extracted, then sorted."
+    if np.isnan(row.max()): raise ValueError(_NAN)
+    mask = row <= t.max()
+    mask[invalid] = False
+    s = np.compress(mask, row)
+    s.sort()
     return s.searchsorted(t, 'left'), s.searchsorted(t, 'right')
+
+def _dense_counts(row, t, invalid, last:int, buf) -> tuple:
+    "(lt, le > lt + 1 where a tie needs the rule): the whole row sorted, its invalid images as NaN."
+    np.copyto(buf, row)
+    buf[invalid] = np.nan  # NaN sorts last: never counted
+    buf.sort()
+    if np.isnan(buf[last]): raise ValueError(_NAN)  # one more NaN than we put
+    lt = buf.searchsorted(t, 'left')  # buf[lt] is the first value equal to t
+    return lt, lt + 1 + (buf[np.minimum(lt + 1, len(buf) - 1)] == t)
 
 # %% ../nbs/08_metrics.ipynb #38d8435f
 def _positive_ranks(d, qp, gp, qc, gc, dense_frac:float=0.5) -> PositiveRanks:
     "`positive_ranks` of checked inputs (`check_rank_inputs`); NaN is found here, in the rows read."
     (pos, po), (own, oo) = query_groups(qp, qc, gp, gc)
-    junk = np.flatnonzero(gp == -1)
-    lt, le = np.empty(len(pos), np.int64), np.empty(len(pos), np.int64)
-    has, buf = np.diff(po) > 0, np.empty(d.shape[1], d.dtype)
+    (Q, G), junk, n = d.shape, np.flatnonzero(gp == -1), np.diff(po)
+    qrow, has = np.repeat(np.arange(Q), n), n > 0
+    t = d[qrow, pos]  # every true match's distance
+    if np.isnan(t).any(): raise ValueError(_NAN)
+    tmax = np.full(Q, -np.inf, d.dtype)
+    tmax[has] = np.maximum.reduceat(t, po[:-1][has])
+    dense = np.count_nonzero(d[:, ::256] <= tmax[:, None], axis=1) * 256 > dense_frac * G
+    lt, le, buf = np.empty(len(pos), np.int64), np.empty(len(pos), np.int64), np.empty(G, d.dtype)
     for i in np.flatnonzero(has):
-        a, b = po[i], po[i + 1]
-        invalid = np.r_[own[oo[i]:oo[i + 1]], junk] if len(junk) else own[oo[i]:oo[i + 1]]
-        lt[a:b], le[a:b] = _row_counts(d[i], d[i, pos[a:b]], invalid, dense_frac, buf)
-    orow = np.repeat(np.arange(len(qp)), np.diff(oo))
+        a, b, inv = po[i], po[i + 1], own[oo[i]:oo[i + 1]]
+        if len(junk): inv = np.r_[inv, junk]
+        if dense[i]: lt[a:b], le[a:b] = _dense_counts(d[i], t[a:b], inv, G - 1 - len(inv), buf)
+        else: lt[a:b], le[a:b] = _sparse_counts(d[i], t[a:b], inv)
+    orow = np.repeat(np.arange(Q), np.diff(oo))
     unread = (d[~has].max(initial=0), d[orow, own].max(initial=0), d[:, junk].max(initial=0))
     if np.isnan(unread).any(): raise ValueError(_NAN)  # the values the loop did not read
-    qrow = np.repeat(np.arange(len(qp)), np.diff(po))
     for k in np.flatnonzero(le - lt > 1):  # another image at exactly this distance: the tie rule
         i, c = qrow[k], pos[k]
         cols = np.flatnonzero(d[i] == d[i, c])
         cols = cols[cols < c]
         lt[k] += np.count_nonzero((gp[cols] != -1) & ~((gp[cols] == qp[i]) & (gc[cols] == qc[i])))
-    key = qrow * d.shape[1] + lt  # each query's ranks in ascending order
-    return PositiveRanks(np.sort(key) - qrow * d.shape[1], po.astype(np.int64))
+    key = qrow * G + lt  # each query's ranks in ascending order
+    return PositiveRanks(np.sort(key) - qrow * G, po.astype(np.int64))
 
 # %% ../nbs/08_metrics.ipynb #c0a1b2c3
 def positive_ranks(

@@ -54,6 +54,7 @@ def _pair_dist(X, rows, cols, chunk:int=1 << 16) -> np.ndarray:
     out[rows == cols] = 0  # an image's distance to itself is 0, not float rounding
     return out
 
+# %% ../nbs/08b_ranking.ipynb #a0e3bbb4
 def _encode(X, Rs, far, released:bool):
     "Sparse (N, N) encodings: exp(-d) on R* (Eq. 7), or exp(-d²/max d²) summing to 1 (released)."
     from scipy import sparse
@@ -66,6 +67,7 @@ def _encode(X, Rs, far, released:bool):
     else: w = np.exp(-d)
     return sparse.csr_matrix((w, (rows, cols)), shape=(N, N))
 
+# %% ../nbs/08b_ranking.ipynb #c2321b3f
 def _expand_queries(V, nn, k2:int):
     "Local query expansion: each encoding becomes the mean over its k2 nearest neighbours."
     if k2 <= 1: return V
@@ -75,6 +77,7 @@ def _expand_queries(V, nn, k2:int):
                           shape=(N, N))
     return (A @ V).tocsr()
 
+# %% ../nbs/08b_ranking.ipynb #d4e053ec
 def _jaccard_rows(Vq, Vg):
     "Yield (i, d_J(i, ·)) for each row of CSR `Vq` against CSR `Vg`; Σmin via an inverted index."
     Vc, gsum = Vg.tocsc(), np.asarray(Vg.sum(1)).ravel()

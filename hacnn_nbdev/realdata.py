@@ -129,6 +129,7 @@ def _grey(path, height):
     w = max(1, round(im.width * height / im.height))
     return np.asarray(im.resize((w, height), Image.BILINEAR), np.float64)
 
+# %% ../nbs/15_realdata.ipynb #6d5ad69f
 def _window_sums(I, h, w):
     "Sums of I and of I² over every h×w window (integral images): two (H-h+1, W-w+1) arrays."
     c1 = np.pad(I, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
@@ -136,6 +137,7 @@ def _window_sums(I, h, w):
     win = lambda c: c[h:, w:] - c[:-h, w:] - c[h:, :-w] + c[:-h, :-w]
     return win(c1), win(c2)
 
+# %% ../nbs/15_realdata.ipynb #9ac29086
 def _ncc(I, T):
     "Normalised cross-correlation of template T (zero mean) with every window of I."
     from scipy.signal import fftconvolve
@@ -144,6 +146,7 @@ def _ncc(I, T):
     var = np.maximum(s2 - s1 ** 2 / (h * w), 1e-9)
     return fftconvolve(I, T[::-1, ::-1], mode='valid') / (np.sqrt((T ** 2).sum()) * np.sqrt(var))
 
+# %% ../nbs/15_realdata.ipynb #2fc6876e
 def register_boxes(labelled:str|Path, # the hand-drawn box of a frame
                    detected:str|Path, # the detector's box of the same frame
                    scale_range:tuple=(0.6, 1.5), # labelled-box heights tried, per detected height
@@ -262,6 +265,7 @@ def _ha_inputs(model, paths, level, spec, batch=128):
     finally: h.remove()
     return torch.cat(out).float().numpy()
 
+# %% ../nbs/15_realdata.ipynb #9061e517
 def _ridge_r2(X, Y, groups, alpha=10.0, folds=5):
     "Cross-validated R² of a ridge regression X → Y (penalty `alpha` × samples), folds by `groups`."
     uniq = np.unique(groups)
@@ -276,6 +280,7 @@ def _ridge_r2(X, Y, groups, alpha=10.0, folds=5):
     r2 = 1 - ((Y - pred) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0)  # per column of Y
     return float(np.mean(r2))
 
+# %% ../nbs/15_realdata.ipynb #f5996869
 def position_probe(model:torch.nn.Module, # a HACNN (any attention setting)
                    pairs:list, # from `frame_pairs`
                    reg:dict, # from `register_pairs`

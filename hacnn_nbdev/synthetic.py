@@ -481,6 +481,7 @@ def synth_cli(root:str='data/synthetic', # output folder (Market-1501 layout)
     print(f'{root}: {msg}')
     print(stats_table(SyntheticWorld(root)))
 
+# %% ../nbs/07_synthetic.ipynb #502671a9
 def synth_main(argv:list|None=None, # the words after `hacnn_synth`; default `sys.argv[1:]`
               ):
     "The `hacnn_synth` command."

@@ -37,6 +37,7 @@ __all__ = ['RECIPES', 'RESUMABLE_CHANGES', 'ConfigError', 'parse_widths', 'Train
 class ConfigError(UsageError):
     "An option of the recipe with an impossible value; the message names the option."
 
+# %% ../nbs/09_train.ipynb #726a52a6
 def parse_widths(w:str|tuple|list, # '32,64,96' or (32, 64, 96)
                 ) -> tuple:
     "Inception widths d1,d2,d3 as a tuple of three ints."
@@ -46,6 +47,7 @@ def parse_widths(w:str|tuple|list, # '32,64,96' or (32, 64, 96)
         raise ConfigError(f"--widths must be three positive integers like 128,256,384, got {w!r}")
     return ws
 
+# %% ../nbs/09_train.ipynb #65efa468
 @dataclass
 class TrainConfig:
     "Every choice of a training run; the defaults are the paper's recipe (Sec. 4)."
@@ -436,6 +438,7 @@ def load_data(self:Trainer):
         raise TrainError(f"{len(self.train_set)} training images do not fill one batch of "
                          f"{c.batch_size} (sampler {c.sampler!r}); lower --batch_size")
 
+# %% ../nbs/09_train.ipynb #a4252841
 @patch
 def check_test_split(self:Trainer):
     "With --eval_every, refuse an unscorable test split before the first epoch, not after it."
@@ -448,11 +451,13 @@ def check_test_split(self:Trainer):
         raise TrainError(f"--eval_every {self.cfg.eval_every}: no query of {root!r} has its person "
                          "in the gallery under another camera, so nothing can be scored")
 
+# %% ../nbs/09_train.ipynb #e42b0b07
 @patch(as_prop=True)
 def workers(self:Trainer) -> int:
     "Data-loading processes: --workers, or 4 on a GPU and 0 (in-process) on a CPU."
     return self.cfg.workers if self.cfg.workers >= 0 else (4 if self.device.type == 'cuda' else 0)
 
+# %% ../nbs/09_train.ipynb #53b11882
 @patch
 def test_loader(self:Trainer, records:list) -> DataLoader:
     "The loader `06a_loaders` teaches, over query or gallery records, at the run's input size."
@@ -537,6 +542,7 @@ def build(self:Trainer, ck:dict|None):
         ids = [self.device.index] if self.device.type == 'cuda' else None
         self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
+# %% ../nbs/09_train.ipynb #28d0b59b
 @patch
 def load_state(self:Trainer, ck:dict):
     "Restore weights, optimiser, scheduler, scaler, position, history and RNG state from `ck`."
@@ -590,6 +596,7 @@ def _agree(self:Trainer, *flags:bool) -> list:
     if self.dist.world_size > 1: dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
 
+# %% ../nbs/09_train.ipynb #5b7433ba
 @patch
 def train_step(self:Trainer, x:torch.Tensor, pids:torch.Tensor, step:int, stop:StopFlag,
               ) -> dict|None:
@@ -614,6 +621,7 @@ def train_step(self:Trainer, x:torch.Tensor, pids:torch.Tensor, step:int, stop:S
     self.scaler.update()
     return dict(parts, loss=loss.item(), n=len(pids))
 
+# %% ../nbs/09_train.ipynb #c7d25e28
 @patch
 def _nonfinite_msg(self:Trainer, v:float, step:int) -> str:
     last = self.out / 'last.pt'
@@ -683,6 +691,7 @@ def end_epoch(self:Trainer):
         self.write_log()
     return rec
 
+# %% ../nbs/09_train.ipynb #25f0d5e7
 @patch
 def sync_buffers(self:Trainer):
     "Average the BN running statistics over the processes, so every replica is the same model."
@@ -692,11 +701,13 @@ def sync_buffers(self:Trainer):
             dist.all_reduce(b)
             b /= self.dist.world_size
 
+# %% ../nbs/09_train.ipynb #e6df5608
 def _write_atomic(path:Path, text:str):
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     tmp.write_text(text)
     os.replace(tmp, path)
 
+# %% ../nbs/09_train.ipynb #0970b59f
 def _tensorboard_writer(out:Path|None):
     "A TensorBoard SummaryWriter for out/tensorboard (None: only check TensorBoard is installed)."
     try: from torch.utils.tensorboard import SummaryWriter
@@ -705,6 +716,7 @@ def _tensorboard_writer(out:Path|None):
                          "pip install tensorboard") from None
     return None if out is None else SummaryWriter(str(out / 'tensorboard'))
 
+# %% ../nbs/09_train.ipynb #00425aee
 @patch
 def write_log(self:Trainer):
     "Rewrite out/metrics.jsonl from the history, a JSON object per epoch; and TensorBoard if asked."
