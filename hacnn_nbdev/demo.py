@@ -81,7 +81,7 @@ def _report_lines(s:dict) -> list:
         f"{s['images_per_s']:.1f} images/s, eval {t['eval']:.0f} s, untrained eval "
         f"{t['untrained_eval']:.0f} s, pictures {t['pictures']:.0f} s); "
         "set-up (venv install) is not "
-        f"included. Machine: {m['cpus']} CPUs, load average at the end {m['load_end']}, "
+        f"included. Machine: {m['cpus']} CPUs, "
         f"torch {m['torch']}.",
         "", "Files: `metrics.json`, `curves.png` (training), `cmc.png`, `ranked_list.png`, "
         "`attention.png`, "
