@@ -113,6 +113,18 @@ def parse_dataclass(cls, # the dataclass to fill
     fields = {k: (v if k in given or k not in cfg else cfg[k]) for k, v in args.items()}
     return cls(**fields), debug
 
+# %% ../nbs/18_cli.ipynb #7f87bcb1
+_WORKER = 'Original Traceback (most recent call last):'
+
+def _message(e:BaseException) -> str:
+    "What `e` says; for an error re-raised from a DataLoader worker, the original error's own line."
+    msg = str(e)
+    if _WORKER not in msg: return msg
+    last = msg.strip().splitlines()[-1]
+    name = type(e).__name__
+    if f'{name}: ' in last: last = last.split(f'{name}: ', 1)[1]   # 'pkg.mod.BadImageError: ...'
+    return f'{last} (in a data-loading worker)'
+
 # %% ../nbs/18_cli.ipynb #455d6bd8
 def _fail(prog:str, msg, code:int):
     if int(os.environ.get('RANK', 0)) == 0:   # in a torchrun job, one process speaks
@@ -129,7 +141,7 @@ def run_main(prog:str, # the command's name, e.g. 'hacnn_train'
     except BaseException as e:
         if debug and not isinstance(e, KeyboardInterrupt): raise
         code = exit_code(e)
-        msg = 'interrupted' if code == 130 else str(e) or type(e).__name__
+        msg = 'interrupted' if code == 130 else _message(e) or type(e).__name__
         if code == 1 and not isinstance(e, (OSError, ValueError, RuntimeError)):
             msg = f"{type(e).__name__}: {msg} (rerun with --debug for the traceback)"
         _fail(prog, msg, code)

@@ -38,7 +38,10 @@ def build(root:Path) -> dict:
         Image.fromarray(np.full((64, 32, 3), 40 * i, np.uint8)).save(imgs / f'{i}.jpg')
     (root / 'broken').mkdir(); (root / 'broken/0.jpg').write_bytes(b'\xff\xd8 truncated')
     (root / 'empty').mkdir()
-    return dict(W=w, CK=root / 'run/last.pt', MINE=mine, FILE=root / 'afile', JUNK=root / 'junk.pt',
+    bad = root / 'badworld'                                   # training images that cannot be decoded
+    shutil.copytree(w, bad)
+    for f in (bad / 'bounding_box_train').glob('*.jpg'): f.write_bytes(b'not a jpeg')
+    return dict(BADW=bad, W=w, CK=root / 'run/last.pt', MINE=mine, FILE=root / 'afile', JUNK=root / 'junk.pt',
                 TENSOR=root / 'tensor.pt', LIST=root / 'list.pt', NAN=root / 'nan.pt', IMGS=imgs,
                 BROKEN=root / 'broken', EMPTY=root / 'empty', NOWHERE=root / 'nowhere', T=root)
 
@@ -84,6 +87,8 @@ CASES = [
     ('train', '--root {W} --dataset synthetic --out {T}/run --epochs 2 --resume --widths 16,32,48 --batch_size 8', 2, ['--widths']),
     ('train', '--root {W} --dataset synthetic --out {T}/o16 --epochs 1 --eval_every 1 --batch_size 64', 2,
      ['--batch_size']),
+    ('train', '--root {BADW} --dataset synthetic --out {T}/o17 --epochs 1 --batch_size 8 --widths 8,16,24 '
+              '--height 64 --width 32 --workers 1 --no-progress', 1, ['cannot decode', 'in a data-loading worker']),
     # hacnn_eval
     ('eval', '--root {W}', 2, ['--checkpoint']),
     ('eval', '--checkpoint {NOWHERE}.pt --root {W}', 2, ['nowhere']),
