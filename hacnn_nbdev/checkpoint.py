@@ -21,7 +21,7 @@ ARCHS = {'hacnn': 'hacnn_nbdev.model:HACNN',
          'hacnn-torchreid': 'hacnn_nbdev.torchreid_compat:TorchreidHACNN'}
 
 class CheckpointError(RuntimeError):
-    "A checkpoint that is missing, unreadable, unsafe, or not the kind of file this project writes."
+    "A checkpoint that is missing, unreadable, unsafe, or not the kind of file hacnn_nbdev writes."
     exit_status = 2  # a command given such a file exits with 2 (`18_cli`)
 
 # %% ../nbs/05c_checkpoint.ipynb #5045dbea

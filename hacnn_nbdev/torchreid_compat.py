@@ -241,7 +241,7 @@ def save_converted(model:TorchreidHACNN, # a converted model
                    epoch:int=0, # torchreid's epoch count, if its file gave one
                    overwrite:bool=False, # replace an existing file
                   ) -> Path:
-    "Write `model` as a checkpoint of this project (atomically); never replace a file unless asked."
+    "Write `model` as a `hacnn_nbdev` checkpoint (atomically); never replace a file unless asked."
     path = Path(path)
     if path.exists() and not overwrite: raise FileExistsError(_exists(path))
     ck = model_checkpoint(model, epoch, TORCHREID_INPUT, source=str(source))
@@ -252,7 +252,7 @@ def convert_file(source:str|Path, # torchreid checkpoint (.pth.tar / .pth)
                  trust:bool=False, # allow pickled Python objects in `source` (runs code from it)
                  overwrite:bool=False, # replace an existing `out`
                 ) -> tuple: # (the converted model, the file written)
-    "Convert a torchreid HA-CNN checkpoint file into a checkpoint of this project."
+    "Convert a torchreid HA-CNN checkpoint file into a `hacnn_nbdev` checkpoint."
     if Path(out).exists() and not overwrite: raise FileExistsError(_exists(out))   # before any work
     model, obj = _from_file(source, trust)
     epoch = obj.get('epoch') if isinstance(obj, dict) else None
@@ -265,7 +265,7 @@ def convert_cli(source:str=None, # torchreid checkpoint of its hacnn model (.pth
                 out:str=None, # the checkpoint file to write (.pt), required; never replaced
                 trust:store_true=False, # also read files holding pickled Python objects (runs code)
                ):
-    "Convert torchreid's HA-CNN weights into a checkpoint of this project (arch 'hacnn-torchreid')."
+    "Convert torchreid's HA-CNN weights into a `hacnn_nbdev` checkpoint (arch 'hacnn-torchreid')."
     if source is None or out is None:
         raise UsageError("--source and --out are required (e.g. hacnn_convert --source "
                          "hacnn_market_xent.pth.tar --out runs/torchreid_market.pt)")
