@@ -11,7 +11,7 @@ from fastcore.script import anno_parser
 
 # %% auto #0
 __all__ = ['UsageError', 'exit_code', 'require_options', 'canonical_options', 'dataclass_parser', 'read_config',
-           'parse_dataclass', 'run_main', 'run_command']
+           'parse_dataclass', 'write_atomic', 'run_main', 'run_command']
 
 # %% ../nbs/18_cli.ipynb #464d3475
 class UsageError(ValueError):
@@ -112,6 +112,19 @@ def parse_dataclass(cls, # the dataclass to fill
     debug = args.pop('debug')
     fields = {k: (v if k in given or k not in cfg else cfg[k]) for k, v in args.items()}
     return cls(**fields), debug
+
+# %% ../nbs/18_cli.ipynb #2f00b029
+def write_atomic(path:str|Path, # the file to (re)write
+                 text:str, # its whole new content
+                ):
+    "Write `text` to `path` all at once: `.{name}.tmp` beside it, flushed to disk, then renamed."
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    with open(tmp, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 # %% ../nbs/18_cli.ipynb #7f87bcb1
 _WORKER = 'Original Traceback (most recent call last):'

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.script import store_true
-from .cli import UsageError, run_command
+from .cli import UsageError, run_command, write_atomic
 from .data import OptionError, SyntheticWorld, stats_table
 from .render import HAIR, PALETTE, SKIN, VIEWS, render
 
@@ -263,7 +263,7 @@ def _render_all(world, kw, workers):
 MARKER, _MARK = '.synthetic_world', 'written by hacnn_nbdev.synthetic.make_world'
 CSV_HEADER = 'name,split,pid,camid,view,truncation,occlusion,sibling_of,differs_in'
 _IMAGE_NAME = re.compile(r'^\d{4,}_c\d+s1_\d{6,}_\d{2}\.jpg$')  # how `plan_world` names images
-_TEMPS = ('.world.json.tmp', '.images.csv.tmp')                # `_write_atomic`'s temporary files
+_TEMPS = ('.world.json.tmp', '.images.csv.tmp')                # `write_atomic`'s temporary files
 
 class UnusableRootError(UsageError, FileExistsError):
     "`root` holds something `make_world` did not write, or is a file: nothing was changed."
@@ -284,15 +284,6 @@ def _is_json(p:Path) -> bool:
     try: json.loads(p.read_text())
     except (OSError, ValueError): return False
     return True
-
-def _write_atomic(path:Path, text:str):
-    "Write `text` to `path` all at once: into a temporary file, flushed to disk, then renamed."
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with open(tmp, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 # %% ../nbs/07_synthetic.ipynb #b7e0c1b3
 def _ours(p:Path, root:Path, marked:bool) -> bool:
@@ -432,11 +423,11 @@ def _write_meta(root, world, params, jitter, occlusion) -> dict:
         d, sib = detection(world, i, jitter, occlusion), world['siblings'].get(im['pid'], ('', ''))
         rows.append(f"{im['name']},{im['split']},{im['pid']},{im['cam']},{VIEWS[im['view']]},"
                     f"{d['trunc']},{d['occ']},{sib[0]},{sib[1]}")
-    _write_atomic(root/'images.csv', '\n'.join(rows) + '\n')
+    write_atomic(root/'images.csv', '\n'.join(rows) + '\n')
     counts = {s: sum(im['split'] == s for im in world['images']) for s in SPLIT_DIRS}
     summary = dict(format=GENERATOR, params=params, counts=counts,
                    n_siblings=len(world['siblings']), cameras=world['cameras'])
-    _write_atomic(root/'world.json', json.dumps(summary, indent=1))
+    write_atomic(root/'world.json', json.dumps(summary, indent=1))
     return summary
 
 # %% ../nbs/07_synthetic.ipynb #4041dde9

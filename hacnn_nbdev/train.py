@@ -23,7 +23,7 @@ from .checkpoint import (CKPT_FORMAT, CheckpointError, save_checkpoint, load_che
 from .data import get_dataset, check_trainable
 from .loaders import ReIDSampler, build_train_loader, build_test_loader
 from .metrics import score_features
-from .cli import UsageError, parse_dataclass, run_main
+from .cli import UsageError, parse_dataclass, run_main, write_atomic
 from .runtime import (precision, autocast, DistInfo, init_distributed, StopFlag,
                                  extract_features, torch_threads)
 
@@ -701,12 +701,6 @@ def sync_buffers(self:Trainer):
             dist.all_reduce(b)
             b /= self.dist.world_size
 
-# %% ../nbs/09_train.ipynb #e6df5608
-def _write_atomic(path:Path, text:str):
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 # %% ../nbs/09_train.ipynb #0970b59f
 def _tensorboard_writer(out:Path|None):
     "A TensorBoard SummaryWriter for out/tensorboard (None: only check TensorBoard is installed)."
@@ -721,7 +715,7 @@ def _tensorboard_writer(out:Path|None):
 def write_log(self:Trainer):
     "Rewrite out/metrics.jsonl from the history, a JSON object per epoch; and TensorBoard if asked."
     if not self.dist.main: return
-    _write_atomic(self.out / 'metrics.jsonl', ''.join(json.dumps(r) + '\n' for r in self.history))
+    write_atomic(self.out / 'metrics.jsonl', ''.join(json.dumps(r) + '\n' for r in self.history))
     if getattr(self, 'tb', None) is not None:
         r = self.history[-1]
         for k, v in r.items():
@@ -758,7 +752,7 @@ def fit(self:Trainer) -> list:
     self.tb = None
     if main:
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.out / 'config.json', json.dumps(asdict(c), indent=1))
+        write_atomic(self.out / 'config.json', json.dumps(asdict(c), indent=1))
         if c.tensorboard: self.tb = _tensorboard_writer(self.out)
     self.log(f"training HA-CNN on {self.device} x {self.dist.world_size} process(es): "
              f"{len(self.ds.train)} images, {self.num_classes} identities, "
