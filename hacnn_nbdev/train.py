@@ -192,11 +192,11 @@ def hacnn_loss(global_logits:torch.Tensor, # (N, num_classes) from the global br
     "L = CE(global) + CE(local) (Fig. 2, Eq. 7); returns it and a dict of its parts and accuracies."
     lg = F.cross_entropy(global_logits.float(), pids, label_smoothing=label_smoothing)
     ll = F.cross_entropy(local_logits.float(), pids, label_smoothing=label_smoothing)
-    with torch.no_grad():
-        hit = lambda z: (z.argmax(1) == pids).float().sum().item()
-        parts = dict(loss_global=lg.item(), loss_local=ll.item(),
-                     correct_global=hit(global_logits), correct_local=hit(local_logits),
-                     correct=hit(global_logits.float() + local_logits.float()))
+    with torch.no_grad():   # the five numbers of the log reach the host in one transfer
+        hit = lambda z: (z.argmax(1) == pids).float().sum()
+        v = torch.stack([lg, ll, hit(global_logits), hit(local_logits),
+                         hit(global_logits.float() + local_logits.float())]).tolist()
+    parts = dict(zip(('loss_global', 'loss_local', 'correct_global', 'correct_local', 'correct'), v))
     return lg + ll, parts
 
 # %% ../nbs/09_train.ipynb #a9f3e13e
@@ -613,13 +613,14 @@ def train_step(self:Trainer, x:torch.Tensor, pids:torch.Tensor, step:int, stop:S
     if c.triplet > 0:
         t = sum(triplet_loss(self.feats[k], pids, c.margin) for k in ('global', 'local'))
         loss, parts = loss + c.triplet * t, dict(parts, loss_triplet=t.item())
-    if self._agree(not math.isfinite(loss.item()))[0]:
-        raise NonFiniteLossError(self._nonfinite_msg(loss.item(), step))
+    value = loss.item()   # read once: for the check and for the log
+    if self._agree(not math.isfinite(value))[0]:
+        raise NonFiniteLossError(self._nonfinite_msg(value, step))
     self.opt.zero_grad(set_to_none=True)
     self.scaler.scale(loss).backward()
     self.scaler.step(self.opt)
     self.scaler.update()
-    return dict(parts, loss=loss.item(), n=len(pids))
+    return dict(parts, loss=value, n=len(pids))
 
 # %% ../nbs/09_train.ipynb #c7d25e28
 @patch
