@@ -196,7 +196,8 @@ def hacnn_loss(global_logits:torch.Tensor, # (N, num_classes) from the global br
         hit = lambda z: (z.argmax(1) == pids).float().sum()
         v = torch.stack([lg, ll, hit(global_logits), hit(local_logits),
                          hit(global_logits.float() + local_logits.float())]).tolist()
-    parts = dict(zip(('loss_global', 'loss_local', 'correct_global', 'correct_local', 'correct'), v))
+    names = ('loss_global', 'loss_local', 'correct_global', 'correct_local', 'correct')
+    parts = dict(zip(names, v))
     return lg + ll, parts
 
 # %% ../nbs/09_train.ipynb #a9f3e13e
